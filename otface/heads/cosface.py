@@ -1,0 +1,21 @@
+"""CosFace (Wang et al., CVPR 2018) = AM-Softmax (Wang et al., SPL 2018): s * (cos(theta_y) - m)."""
+
+from __future__ import annotations
+
+import torch
+
+from otface.heads.base import MarginHead
+
+
+class CosFace(MarginHead):
+    """Additive cosine margin on the target logit."""
+
+    def __init__(self, embedding_size: int, num_classes: int, scale: float = 64.0, margin: float = 0.35) -> None:
+        super().__init__(embedding_size, num_classes, scale)
+        self.m = float(margin)
+
+    def margin(self, cos_target: torch.Tensor) -> torch.Tensor:
+        return cos_target - self.m
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", margin={self.m}"
