@@ -1,0 +1,98 @@
+"""Training set over an insightface RecordIO folder (``train.rec``, ``train.idx``, ``property``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from otface.data.recordio import RecordHeader, RecordIOError, RecordReader, read_property, unpack_record
+from otface.data.transforms import decode_image, normalize, resize, to_chw
+
+
+class RecordDataset(Dataset):
+    """Face images and identity labels of an insightface training folder.
+
+    With an insightface record 0 (flag > 0) the images are the keys ``range(1, label[0])``;
+    without one, every key of the index is an image. Items are ``(image, label)``: a float32
+    (3, H, W) RGB tensor normalised to [-1, 1] (see ``transforms``), randomly flipped left-right
+    when ``flip`` is set (torch's generator, so DataLoader workers draw differently), and an int.
+
+    ``image_size`` resizes the images to that square side (:func:`transforms.resize`).
+
+    ``validate_labels`` reads every record header at construction (no image is decoded) and
+    checks each label lies in [0, num_classes); without it the check happens per item and when
+    ``labels`` is first read.
+    """
+
+    def __init__(self, root: str | os.PathLike, flip: bool = True, validate_labels: bool = True,
+                 image_size: int | None = None) -> None:
+        self.root = Path(root)
+        self.flip = flip
+        self.image_size = image_size
+        self.num_classes, self.height, self.width = read_property(self.root)
+        self.reader = RecordReader(self.root / "train.rec", self.root / "train.idx")
+        if 0 in self.reader and self.reader.read_header(0).flag > 0:
+            end = int(self.reader.read_header(0).label[0])
+            self.keys = np.arange(1, end, dtype=np.int64)
+            missing = [int(k) for k in self.keys if k not in self.reader]
+            if missing:
+                raise RecordIOError(
+                    f"{self.reader.idx_path}: record 0 announces images 1..{end - 1} but key {missing[0]} "
+                    f"is not in the index ({len(missing)} missing)"
+                )
+        else:
+            self.keys = np.asarray(self.reader.keys, dtype=np.int64)
+        self._labels: np.ndarray | None = None
+        if validate_labels:
+            _ = self.labels
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _label(self, key: int, header: RecordHeader) -> int:
+        value = float(header.label if header.flag == 0 else header.label[0])
+        if not 0 <= value < self.num_classes:
+            raise RecordIOError(
+                f"{self.reader.rec_path}: record {key}: label {value:g} outside [0, {self.num_classes}) "
+                f"(num_classes from {self.root / 'property'})"
+            )
+        if value != int(value):
+            raise RecordIOError(f"{self.reader.rec_path}: record {key}: label {value:g} is not an integer")
+        return int(value)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int64 (N,) label of every image, from the record headers, validated once."""
+        if self._labels is None:
+            keys = (int(k) for k in self.keys)
+            labels = (self._label(k, self.reader.read_header(k)) for k in keys)
+            self._labels = np.fromiter(labels, dtype=np.int64, count=len(self.keys))
+        return self._labels
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        key = int(self.keys[index])
+        payload = self.reader.read(key)
+        try:
+            header, data = unpack_record(payload)
+        except RecordIOError as exc:
+            raise RecordIOError(f"{self.reader.rec_path}: record {key}: {exc}") from None
+        label = self._label(key, header)
+        try:
+            image = decode_image(data)
+        except ValueError as exc:
+            raise RecordIOError(f"{self.reader.rec_path}: record {key}: {exc}") from None
+        if image.shape[:2] != (self.height, self.width):
+            raise RecordIOError(
+                f"{self.reader.rec_path}: record {key}: image is {image.shape[1]}x{image.shape[0]}, "
+                f"property says {self.width}x{self.height}"
+            )
+        x = to_chw(image)
+        if self.flip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        x = normalize(x)
+        return (resize(x, self.image_size) if self.image_size else x), label
+

@@ -1,0 +1,164 @@
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from otface.data import synth
+from otface.data.binset import read_bin
+from otface.data.dataset import RecordDataset
+from otface.data.recordio import read_property
+from otface.data.synth import (
+    GENES,
+    SynthConfig,
+    generate_synthetic,
+    protocol_pair,
+    render_face,
+    sample_identity,
+    sample_nuisance,
+    train_identity,
+    write_preview,
+)
+
+SMALL = dict(num_identities=5, images_per_identity=3, num_pairs=20)
+DATA_FILES = ("train.rec", "train.idx", "property", "synth_easy.bin", "synth_hard.bin")
+
+
+def _files(root):
+    return {name: (root / name).read_bytes() for name in DATA_FILES}
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    paths = generate_synthetic(root, SynthConfig(seed=3, workers=1, **SMALL), progress=False)
+    return root, paths
+
+
+def _gray(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("L"), np.float32)
+
+
+def test_layout_and_formats(small_set):
+    root, paths = small_set
+    assert {k: p.name for k, p in paths.items() if k != "root"} == {
+        "train_rec": "train.rec", "train_idx": "train.idx", "property": "property",
+        "easy": "synth_easy.bin", "hard": "synth_hard.bin", "meta": "meta.json"}
+    assert read_property(root) == (5, 112, 112)
+    ds = RecordDataset(root, flip=False)
+    assert len(ds) == 15 and ds.labels.tolist() == [i // 3 for i in range(15)]
+    x, _ = ds[4]
+    assert x.shape == (3, 112, 112) and -1 <= x.min() < x.max() <= 1
+    meta = json.loads(paths["meta"].read_text())
+    assert meta["format_version"] == synth.FORMAT_VERSION
+    assert meta["config"] == {"seed": 3, "image_size": 112, **SMALL}
+    assert sorted(p.name for p in root.iterdir()) == sorted([*DATA_FILES, "meta.json"])  # no temporaries
+
+
+def test_pairs_alternate_and_every_fold_is_balanced(small_set):
+    _, paths = small_set
+    for level in ("easy", "hard"):
+        images, issame = read_bin(paths[level])
+        assert len(images) == 40 and len(issame) == 20
+        folds = issame.reshape(10, 2)
+        assert (folds.sum(1) == 1).all()
+        assert all(_gray(b).shape == (112, 112) for b in images)
+
+
+def test_same_seed_same_bytes_for_any_worker_count(small_set, tmp_path):
+    root, _ = small_set
+    again = generate_synthetic(tmp_path / "w2", SynthConfig(seed=3, workers=2, **SMALL), progress=False)
+    assert _files(again["root"]) == _files(root)
+    other = generate_synthetic(tmp_path / "s4", SynthConfig(seed=4, workers=1, **SMALL), progress=False)
+    assert _files(other["root"])["train.rec"] != _files(root)["train.rec"]
+
+
+def test_cache_is_reused_and_invalidated(tmp_path):
+    cfg = SynthConfig(seed=1, workers=1, **SMALL)
+    paths = generate_synthetic(tmp_path, cfg, progress=False)
+    stamps = {name: (tmp_path / name).stat().st_mtime_ns for name in DATA_FILES}
+    generate_synthetic(tmp_path, SynthConfig(seed=1, workers=2, **SMALL), progress=False)  # workers do not matter
+    assert {name: (tmp_path / name).stat().st_mtime_ns for name in DATA_FILES} == stamps
+    # a truncated file is not taken for complete
+    rec = paths["train_rec"]
+    rec.write_bytes(rec.read_bytes()[:-100])
+    generate_synthetic(tmp_path, cfg, progress=False)
+    assert (tmp_path / "train.rec").stat().st_mtime_ns != stamps["train.rec"]
+    # another config regenerates
+    generate_synthetic(tmp_path, SynthConfig(seed=1, workers=1, **{**SMALL, "num_identities": 4}), progress=False)
+    assert read_property(tmp_path)[0] == 4
+
+
+def test_interrupted_generation_leaves_no_complete_looking_set(tmp_path, monkeypatch):
+    cfg = SynthConfig(seed=2, workers=1, **SMALL)
+    generate_synthetic(tmp_path, cfg, progress=False)
+    new = SynthConfig(seed=5, workers=1, **SMALL)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "write_bin", crash)
+    with pytest.raises(KeyboardInterrupt):
+        generate_synthetic(tmp_path, new, progress=False)
+    assert not (tmp_path / "meta.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()
+    generate_synthetic(tmp_path, new, progress=False)
+    assert json.loads((tmp_path / "meta.json").read_text())["config"]["seed"] == 5
+
+
+def test_protocol_identities_are_disjoint_from_training():
+    train = np.stack([train_identity(0, i).genes for i in range(200)])
+    for level in ("easy", "hard"):
+        for k in range(40):
+            a, b, *_ = protocol_pair(0, level, k)
+            for ident in (a, b):
+                assert np.linalg.norm(train - ident.genes, axis=1).min() > 0.3
+
+
+def test_hard_impostors_are_look_alikes():
+    def gene_gap(level):
+        return np.mean([np.linalg.norm(a.genes - b.genes)
+                        for a, b, *_ in (protocol_pair(0, level, k) for k in range(1, 80, 2))])
+
+    assert gene_gap("hard") < 0.5 * gene_gap("easy")
+
+
+def test_hard_is_harder_than_easy_in_pixel_space():
+    """A pixel-space verifier (mean absolute difference of the face region) separates easy
+    pairs but not hard ones, and hard genuine pairs differ more than easy ones."""
+    stats = {}
+    for level in ("easy", "hard"):
+        genuine, impostor = [], []
+        for k in range(40):
+            a, b, na, nb, same = protocol_pair(7, level, k)
+            d = np.abs(np.asarray(render_face(a, na).convert("L"), np.float32)
+                       - np.asarray(render_face(b, nb).convert("L"), np.float32))[24:100, 24:88].mean()
+            (genuine if same else impostor).append(d)
+        auc = np.mean([g < i for g in genuine for i in impostor])
+        stats[level] = (np.mean(genuine), auc)
+    assert stats["hard"][0] > 1.5 * stats["easy"][0]
+    assert stats["easy"][1] > 0.85 and stats["hard"][1] < stats["easy"][1] - 0.15
+
+
+def test_rendering_is_deterministic_and_sized():
+    rng = np.random.default_rng(11)
+    ident, nuis = sample_identity(rng), sample_nuisance(rng, "hard")
+    a, b = render_face(ident, nuis), render_face(ident, nuis)
+    assert a.size == (112, 112) and a.mode == "RGB" and a.tobytes() == b.tobytes()
+    assert render_face(ident, nuis, size=64).size == (64, 64)
+    assert len(ident.genes) == len(GENES) and ((ident.genes >= 0) & (ident.genes <= 1)).all()
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="unknown level"):
+        sample_nuisance(np.random.default_rng(0), "medium")
+    with pytest.raises(ValueError, match="multiple of 20"):
+        SynthConfig(num_pairs=30)
+
+
+def test_preview_grid(tmp_path):
+    out = tmp_path / "p.png"
+    write_preview(out, SynthConfig(workers=1), n_ids=2, per_id=3, level="hard")
+    assert Image.open(out).size == (3 * 114 - 2, 2 * 114 - 2)

@@ -1,0 +1,73 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from otface.data.transforms import decode_image, normalize, resize, to_chw
+
+
+def _encode(array: np.ndarray, mode: str, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode).save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_decode_png_is_exact_and_rgb_ordered():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    image[0, 0] = (255, 0, 0)
+    out = decode_image(_encode(image, "RGB"))
+    assert out.dtype == np.uint8 and out.shape == (5, 7, 3)
+    np.testing.assert_array_equal(out, image)
+    assert out[0, 0].tolist() == [255, 0, 0]  # red stays in channel 0
+
+
+def test_decode_grey_and_rgba_become_rgb():
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    out = decode_image(_encode(grey, "L"))
+    np.testing.assert_array_equal(out, np.repeat(grey[:, :, None], 3, axis=2))
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., 1] = 200
+    rgba[..., 3] = 255
+    np.testing.assert_array_equal(decode_image(_encode(rgba, "RGBA")), rgba[..., :3])
+
+
+def test_decode_rejects_garbage_and_truncation():
+    with pytest.raises(ValueError, match="cannot decode image"):
+        decode_image(b"not an image")
+    jpeg = _encode(np.full((32, 32, 3), 90, np.uint8), "RGB", "JPEG")
+    with pytest.raises(ValueError, match="cannot decode image"):
+        decode_image(jpeg[: len(jpeg) // 2])
+
+
+def test_to_chw_layout():
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    t = to_chw(image)
+    assert t.shape == (3, 2, 3) and t.dtype == torch.uint8
+    assert t[2, 1, 0].item() == image[1, 0, 2]
+    with pytest.raises(ValueError):
+        to_chw(image.astype(np.float32))
+
+
+def test_normalize_values_and_shape():
+    x = torch.tensor([0, 64, 128, 255], dtype=torch.uint8).view(1, 1, 1, 4).expand(2, 3, 1, 4)
+    y = normalize(x)
+    assert y.dtype == torch.float32 and y.shape == (2, 3, 1, 4)
+    expected = torch.tensor([-1.0, (64 - 127.5) / 127.5, (128 - 127.5) / 127.5, 1.0])
+    torch.testing.assert_close(y[1, 2, 0], expected)
+    with pytest.raises(TypeError):
+        normalize(x.float())
+    with pytest.raises(ValueError):
+        normalize(torch.zeros(4, 5, 5, dtype=torch.uint8))
+
+
+def test_resize_keeps_size_or_averages_when_shrinking():
+    x = torch.rand(3, 8, 8)
+    assert resize(x, 8) is x
+    checker = torch.zeros(2, 3, 8, 8)
+    checker[..., ::2, ::2] = checker[..., 1::2, 1::2] = 1.0  # mean 0.5 everywhere at half size
+    y = resize(checker, 4)
+    assert y.shape == (2, 3, 4, 4)
+    torch.testing.assert_close(y, torch.full_like(y, 0.5), atol=0.05, rtol=0)
