@@ -35,9 +35,9 @@ class SynthSection:
     """The built-in synthetic face data set (used when ``data.root`` is empty)."""
 
     seed: int = _f(0, "seed of the synthetic identities, samples and pairs")
-    num_identities: int = _f(600, "training identities")
-    images_per_identity: int = _f(24, "training images per identity")
-    num_pairs: int = _f(1200, "pairs in each verification protocol (easy and hard), half genuine")
+    num_identities: int = _f(500, "training identities")
+    images_per_identity: int = _f(20, "training images per identity")
+    num_pairs: int = _f(1000, "pairs in each verification protocol (easy and hard), half genuine")
     workers: int = _f(2, "processes used to render the images")
     cache_dir: str = _f("", "where generated sets are cached; empty: $OTFACE_CACHE or ~/.cache/otface")
 
@@ -55,22 +55,22 @@ class DataSection:
 
 @dataclass
 class ModelSection:
-    backbone: str = _f("mbf", "backbone name (see otface.models.BACKBONES)")
+    backbone: str = _f("iresnet18", "backbone name (see otface.models.BACKBONES)")
     embedding_size: int = _f(512, "embedding dimension")
-    input_size: int = _f(112, "square input side in pixels; images are resized if different")
-    params: dict = _f({}, "extra keyword arguments of the backbone")
+    input_size: int = _f(56, "square input side in pixels; images are resized if different")
+    params: dict = _f({"width": 0.25}, "extra keyword arguments of the backbone")
 
 
 @dataclass
 class HeadSection:
     name: str = _f("arcface", "margin head name (see otface.heads.HEADS)")
-    params: dict = _f({}, "hyper-parameters of the head, e.g. {scale: 64, margin: 0.5}")
+    params: dict = _f({"scale": 32.0, "margin": 0.5}, "hyper-parameters of the head (empty: its paper defaults)")
 
 
 @dataclass
 class OTSection:
     weight: float = _f(1.0, "w in L = L_head + w * L_OT (Eq. 10); 0 disables the OT loss")
-    stage: str = _f("stage2", "backbone stage whose feature maps are compared (Table V)")
+    stage: str = _f("layer2", "backbone stage whose feature maps are compared (Table V)")
     eps: float = _f(0.05, "entropic regulariser of Sinkhorn (Eq. 5)")
     iters: int = _f(30, "Sinkhorn iterations (Eq. 8)")
     tol: float = _f(0.0, "stop Sinkhorn early below this marginal error; 0: run all iterations")
@@ -89,8 +89,8 @@ class OptimSection:
     lr: float = _f(0.1, "base learning rate of SGD")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(5e-4, "SGD weight decay")
-    epochs: int = _f(24, "training epochs")
-    milestones: list = _f([10, 18, 22], "epochs at which the learning rate is multiplied by gamma")
+    epochs: int = _f(2, "training epochs")
+    milestones: list = _f([1.5], "epochs at which the learning rate is multiplied by gamma")
     gamma: float = _f(0.1, "learning-rate decay factor at each milestone")
     warmup_epochs: float = _f(0.0, "linear learning-rate warm-up, in epochs")
     grad_clip: float = _f(0.0, "clip the gradient norm to this value; 0: no clipping")

@@ -1,7 +1,8 @@
 """Margin-based softmax heads: logits s * f(cos theta) on L2-normalised features and weights.
 
-A head subclass only says how the target logit's cosine is changed (:meth:`MarginHead.margin`);
-normalisation, scaling, float32 upcasting, label checks and the cross-entropy live here.
+A head subclass only says how the cosine of the target class is changed
+(:meth:`MarginHead.margin_cos`); normalisation, scaling, float32 upcasting, label checks and the
+cross-entropy live here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from torch import nn
 
 
 class MarginHead(nn.Module):
-    """Base of the margin heads.
+    """Base of the margin heads; as it stands, NormFace's s * cos(theta) for every class.
 
     Args:
         embedding_size: E, the embedding dimension.
@@ -20,7 +21,8 @@ class MarginHead(nn.Module):
         scale: s, the logit scale.
 
     Attributes:
-        weight: (C, E) class centres (normalised when used).
+        weight: (C, E) class centres, initialised N(0, 0.01^2) as insightface's partial FC;
+            normalised when used.
     """
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float) -> None:
@@ -38,33 +40,41 @@ class MarginHead(nn.Module):
             raise ValueError(f"embeddings must be (N, {self.embedding_size}), got {tuple(embeddings.shape)}")
         if labels.shape != embeddings.shape[:1]:
             raise ValueError(f"labels must be ({embeddings.shape[0]},), got {tuple(labels.shape)}")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(
-                f"labels must lie in [0, {self.num_classes}); got range [{int(labels.min())}, {int(labels.max())}]"
-            )
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integer class indices, got {labels.dtype}")
+        if labels.numel():
+            lo, hi = torch.stack(torch.aminmax(labels)).tolist()  # one device sync
+            if lo < 0 or hi >= self.num_classes:
+                raise ValueError(f"labels must lie in [0, {self.num_classes}); got range [{lo}, {hi}]")
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """(N, E) -> (N, C) cosines between normalised embeddings and class weights, in float32."""
-        x = F.normalize(embeddings.float(), dim=1)
-        w = F.normalize(self.weight.float(), dim=1)
+        """(N, E) -> (N, C) cosines of normalised embeddings and class weights.
+
+        Computed in float32 at least (half / bfloat16 inputs are upcast; float64 stays float64).
+        """
+        dtype = torch.promote_types(torch.promote_types(embeddings.dtype, self.weight.dtype), torch.float32)
+        x = F.normalize(embeddings.to(dtype), dim=1)
+        w = F.normalize(self.weight.to(dtype), dim=1)
         return x @ w.t()
 
-    def margin(self, cos_target: torch.Tensor) -> torch.Tensor:
-        """Margin-adjusted cosine of the target class; (N,) -> (N,). Identity here (NormFace)."""
+    def margin_cos(self, cos_target: torch.Tensor) -> torch.Tensor:
+        """(N,) cosines of the target classes -> (N,) margin-adjusted cosines. Identity here."""
         return cos_target
 
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """(N, E), (N,) -> (N, C) scaled, margin-adjusted logits that enter the cross-entropy."""
+        """(N, E) embeddings, (N,) labels -> (N, C) scaled, margin-adjusted logits (float32 or wider).
+
+        Autocast is disabled inside, so the margin and the scale act on full-precision cosines.
+        """
         self._check(embeddings, labels)
         with torch.autocast(embeddings.device.type, enabled=False):
             cos = self.cosine(embeddings)
             rows = torch.arange(cos.shape[0], device=cos.device)
-            target = self.margin(cos[rows, labels])
-            cos = cos.index_put((rows, labels), target)
-            return self.scale * cos
+            target = self.margin_cos(cos[rows, labels])
+            return self.scale * cos.index_put((rows, labels), target)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of :meth:`logits` (a scalar)."""
+        """(N, E), (N,) -> scalar mean cross-entropy of :meth:`logits`."""
         return F.cross_entropy(self.logits(embeddings, labels), labels)
 
     def extra_repr(self) -> str:

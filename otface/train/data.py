@@ -1,0 +1,54 @@
+"""Resolve the training folder and validation sets of a run; generate synthetic faces if needed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from otface.config import DataSection, SynthSection
+from otface.data.synth import SynthConfig, generate_synthetic
+
+
+def synth_cache_dir(section: SynthSection) -> Path:
+    """Folder of the cached synthetic set: ``cache_dir``, else $OTFACE_CACHE, else ~/.cache/otface."""
+    base = section.cache_dir or os.environ.get("OTFACE_CACHE") or Path.home() / ".cache" / "otface"
+    s = section
+    name = f"synth-s{s.seed}-i{s.num_identities}x{s.images_per_identity}-p{s.num_pairs}"
+    return Path(base) / name
+
+
+def synth_config(section: SynthSection) -> SynthConfig:
+    """The generator's config for a ``data.synthetic`` section."""
+    return SynthConfig(
+        seed=section.seed,
+        num_identities=section.num_identities,
+        images_per_identity=section.images_per_identity,
+        num_pairs=section.num_pairs,
+        workers=section.workers,
+    )
+
+
+def prepare_data(data: DataSection, progress: bool = True) -> tuple[Path, dict[str, Path]]:
+    """Return (training folder, {validation set name: .bin path}).
+
+    With ``data.root`` empty, the synthetic set is generated into the cache (or reused) and its
+    easy and hard protocols are the validation sets unless ``data.val_sets`` names others.
+    """
+    if data.root:
+        root = Path(data.root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data.root {root} is not a folder")
+        val = {}
+    else:
+        out = synth_cache_dir(data.synthetic)
+        paths = generate_synthetic(out, synth_config(data.synthetic), progress=progress)
+        root = Path(paths["root"])
+        val = {"synth_easy": Path(paths["easy"]), "synth_hard": Path(paths["hard"])}
+    if data.val_sets:
+        val = {Path(p).stem: Path(p) for p in data.val_sets}
+    missing = [str(p) for p in val.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"validation set(s) not found: {', '.join(missing)}")
+    return root, val
+
+

@@ -1,0 +1,317 @@
+"""The training loop: backbone -> margin head (+ OT loss on a stage's feature maps), SGD with the
+paper's step schedule, periodic validation, atomic checkpoints and exact resume.
+
+One optimiser step consumes ``optim.grad_accum`` micro-batches of ``optim.batch_size`` images;
+the loss is divided by ``grad_accum`` and the schedule counts optimiser steps, so accumulation
+changes neither the effective loss scale nor the schedule (SPEC §9).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from otface.config import Config, save_config
+from otface.data.dataset import RecordDataset
+from otface.data.samplers import PKBatchSampler, RandomBatchSampler
+from otface.heads import build_head
+from otface.losses import OTLoss
+from otface.models import build_backbone
+from otface.train.checkpoint import load_checkpoint, save_checkpoint
+from otface.train.data import prepare_data
+from otface.train.evaluate import VerificationSuite
+from otface.train.schedule import lr_factor
+
+log = logging.getLogger("otface.train")
+
+CHECKPOINT = "last.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps produced a NaN or infinite loss."""
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint stores besides the weights: where the run is and what it has seen."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    hard_groups: int = 0
+    skipped_steps: int = 0
+    history: list = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """Owns the model, head, losses, optimiser and data of one run folder."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        torch.manual_seed(cfg.train.seed)
+        self.device = resolve_device(cfg.train.device)
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(True)  # exp(-C/eps) underflows to denormals, slow on CPUs
+
+        train_root, val_paths = prepare_data(cfg.data, progress=cfg.train.progress)
+        self.dataset = RecordDataset(train_root, flip=cfg.data.flip, image_size=cfg.model.input_size)
+        self.backbone = build_backbone(
+            cfg.model.backbone,
+            embedding_size=cfg.model.embedding_size,
+            input_size=cfg.model.input_size,
+            **cfg.model.params,
+        ).to(self.device)
+        self.head = build_head(
+            cfg.head.name, cfg.model.embedding_size, self.dataset.num_classes, **cfg.head.params
+        ).to(self.device)
+        self.ot_loss = self._build_ot_loss()
+        self.validation = VerificationSuite(val_paths, image_size=cfg.model.input_size)
+
+        params = list(self.backbone.parameters()) + list(self.head.parameters())
+        self.optimizer = torch.optim.SGD(
+            params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+        )
+        self.sampler = self._build_sampler()
+        self.steps_per_epoch = len(self.sampler) // cfg.optim.grad_accum
+        if self.steps_per_epoch < 1:
+            raise ValueError("fewer micro-batches per epoch than optim.grad_accum: lower one of them")
+        self.state = TrainState()
+
+    # ----------------------------------------------------------------------------- construction
+    def _build_ot_loss(self) -> OTLoss | None:
+        o = self.cfg.ot
+        if o.weight == 0:
+            return None
+        if o.stage not in self.backbone.stage_names:
+            raise ValueError(f"ot.stage {o.stage!r} is not a stage of {self.cfg.model.backbone}: "
+                             f"choose one of {list(self.backbone.stage_names)}")
+        return OTLoss(
+            eps=o.eps, iters=o.iters, tol=o.tol or None, grad=o.grad, margin=o.margin,
+            mining_margin=o.mining_margin, max_groups=o.max_groups or None,
+            reduction=o.reduction, chunk_size=o.chunk_size,
+        )
+
+    def _build_sampler(self) -> PKBatchSampler | RandomBatchSampler:
+        d, o, seed = self.cfg.data, self.cfg.optim, self.cfg.train.seed
+        if d.sampler == "pk":
+            return PKBatchSampler(self.dataset.labels, o.batch_size, d.images_per_identity, seed=seed)
+        return RandomBatchSampler(len(self.dataset), o.batch_size, seed=seed)
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        start = self.state.batch_in_epoch
+        self.sampler.set_epoch(self.state.epoch, start_batch=start)
+        generator = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + self.state.epoch * 1009 + start)
+        workers = self.cfg.data.num_workers
+        return torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            generator=generator,
+            prefetch_factor=4 if workers else None,
+        )
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    def save(self) -> None:
+        state = {
+            "backbone": self.backbone.state_dict(),
+            "head": self.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "train_state": vars(self.state),
+            "torch_rng": torch.get_rng_state(),
+            "config": self.cfg.to_dict(),
+        }
+        save_checkpoint(state, self.checkpoint_path())
+
+    def resume(self) -> None:
+        """Continue from ``last.pt`` of the run folder (error if there is none)."""
+        ckpt = load_checkpoint(self.checkpoint_path())
+        self.backbone.load_state_dict(ckpt["backbone"])
+        self.head.load_state_dict(ckpt["head"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.state = TrainState(**ckpt["train_state"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        log.info("resumed from %s at epoch %d, batch %d (step %d)", self.checkpoint_path(),
+                 self.state.epoch, self.state.batch_in_epoch, self.state.step)
+
+    # ----------------------------------------------------------------------------- training
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        amp = self.cfg.train.amp
+        if amp == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _set_lr(self) -> float:
+        o = self.cfg.optim
+        lr = o.lr * lr_factor(self.state.step, self.steps_per_epoch, o.milestones, o.gamma, o.warmup_epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Total loss (Eq. 10) and its logged terms for one micro-batch."""
+        with self._autocast():
+            if self.ot_loss is None:
+                emb = self.backbone(images)
+                head_loss = self.head(emb, labels)
+                return head_loss, {"head": head_loss.item(), "ot": 0.0, "groups": 0}
+            stage = self.cfg.ot.stage
+            emb, feats = self.backbone.forward_features(images, [stage])
+            head_loss = self.head(emb, labels)
+        ot = self.ot_loss(feats[stage], emb, labels)
+        total = head_loss + self.cfg.ot.weight * ot.loss
+        return total, {"head": head_loss.item(), "ot": ot.loss.item(), "groups": ot.num_groups}
+
+    def train(self) -> dict[str, Any]:
+        """Run (or continue) training to ``optim.epochs``, then evaluate; returns the results."""
+        cfg = self.cfg
+        save_config(cfg, self.run_dir / "config.yaml")
+        log.info("data: %d images of %d identities; %d optimiser steps per epoch; device %s",
+                 len(self.dataset), self.dataset.num_classes, self.steps_per_epoch, self.device)
+        total_steps = self.steps_per_epoch * cfg.optim.epochs
+        bar = tqdm(total=total_steps, initial=self.state.step, desc="train", unit="step",
+                   disable=not cfg.train.progress, dynamic_ncols=True)
+        while self.state.epoch < cfg.optim.epochs:
+            self._train_epoch(bar)
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+            self.save()
+            if cfg.train.val_interval and self.state.epoch % cfg.train.val_interval == 0 \
+                    and self.state.epoch < cfg.optim.epochs:
+                self._log_validation(self.validation.evaluate(self.backbone, self.device, progress=False))
+        bar.close()
+        return self.finish()
+
+    def _train_epoch(self, bar: tqdm) -> None:
+        cfg, st = self.cfg, self.state
+        accum = cfg.optim.grad_accum
+        self.backbone.train()
+        self.head.train()
+        window = {"loss": 0.0, "head": 0.0, "ot": 0.0, "groups": 0, "n": 0, "images": 0, "t": time.perf_counter()}
+        bad_in_row = 0
+        micro = 0
+        last = time.perf_counter()
+        lr = self._set_lr()
+        self.optimizer.zero_grad(set_to_none=True)
+        for images, labels in self._loader():
+            if st.batch_in_epoch + micro >= self.steps_per_epoch * accum:
+                break
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            loss, terms = self._forward(images, labels)
+            if not torch.isfinite(loss):
+                bad_in_row += 1
+                st.skipped_steps += 1
+                log.warning("non-finite loss (%s) at epoch %d step %d: micro-batch skipped (%d skipped in all)",
+                            loss.item(), st.epoch, st.step, st.skipped_steps)
+                if bad_in_row >= cfg.train.max_bad_steps:
+                    raise NonFiniteLossError(
+                        f"{bad_in_row} consecutive non-finite losses; last good checkpoint: {self.checkpoint_path()}")
+                self.optimizer.zero_grad(set_to_none=True)
+                st.batch_in_epoch += micro + 1
+                micro = 0
+                continue
+            bad_in_row = 0
+            (loss / accum).backward()
+            micro += 1
+            window["loss"] += loss.item()
+            window["head"] += terms["head"]
+            window["ot"] += terms["ot"]
+            window["groups"] += terms["groups"]
+            window["n"] += 1
+            window["images"] += images.shape[0]
+            st.images += images.shape[0]
+            st.hard_groups += terms["groups"]
+            if micro < accum:
+                continue
+            if cfg.optim.grad_clip > 0:
+                nn.utils.clip_grad_norm_(
+                    list(self.backbone.parameters()) + list(self.head.parameters()), cfg.optim.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            st.batch_in_epoch += micro
+            micro = 0
+            st.step += 1
+            now = time.perf_counter()
+            st.seconds += now - last
+            last = now
+            bar.update(1)
+            lr = self._set_lr()
+            if st.step % cfg.train.log_interval == 0:
+                self._log_window(window, lr, bar)
+            if cfg.train.checkpoint_steps and st.step % cfg.train.checkpoint_steps == 0:
+                self.save()
+
+    def _log_window(self, window: dict[str, Any], lr: float, bar: tqdm) -> None:
+        now = time.perf_counter()
+        elapsed = now - window["t"]
+        n = max(window["n"], 1)
+        row = {
+            "epoch": self.state.epoch, "step": self.state.step, "lr": lr,
+            "loss": window["loss"] / n, "head_loss": window["head"] / n, "ot_loss": window["ot"] / n,
+            "hard_groups": window["groups"] / n, "images_per_second": window["images"] / max(elapsed, 1e-9),
+        }
+        self.state.history.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", groups=f"{row['hard_groups']:.1f}")
+        log.info("epoch %d step %d | lr %.4g | loss %.4f (head %.4f, ot %.4f) | hard groups %.1f | %.1f img/s",
+                 row["epoch"], row["step"], lr, row["loss"], row["head_loss"], row["ot_loss"],
+                 row["hard_groups"], row["images_per_second"])
+        window.update(loss=0.0, head=0.0, ot=0.0, groups=0, n=0, images=0, t=now)
+
+    def _log_validation(self, results: dict[str, dict[str, Any]]) -> None:
+        for name, r in results.items():
+            log.info("val %s: accuracy %.4f ± %.4f, TAR@FAR=%g %.4f", name, r["accuracy"],
+                     r["accuracy_std"], r["far_target"], r["tar_at_far"])
+
+    def finish(self) -> dict[str, Any]:
+        """Final evaluation, ROC picture and ``results.json``."""
+        results = self.validation.evaluate(self.backbone, self.device, progress=self.cfg.train.progress,
+                                           roc_path=self.run_dir / "roc.png")
+        self._log_validation(results)
+        st = self.state
+        rows = [r for r in st.history if r["images_per_second"] > 0]
+        steps = max(st.step, 1)
+        micro_batches = steps * self.cfg.optim.grad_accum
+        summary = {
+            "verification": results,
+            "train": {
+                "epochs": st.epoch,
+                "steps": st.step,
+                "images": st.images,
+                "train_seconds": st.seconds,
+                "images_per_second": st.images / st.seconds if st.seconds > 0 else math.nan,
+                "hard_groups_per_step": st.hard_groups / micro_batches,
+                "skipped_steps": st.skipped_steps,
+                "final_loss": rows[-1]["loss"] if rows else math.nan,
+                "history": st.history,
+            },
+            "config": self.cfg.to_dict(),
+        }
+        return summary

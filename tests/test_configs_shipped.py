@@ -1,0 +1,23 @@
+from pathlib import Path
+
+import pytest
+
+from otface.config import load_config
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+def test_configs_exist():
+    assert len(CONFIGS) >= 5
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_is_valid(path):
+    from otface.heads import HEADS
+    from otface.models import build_backbone
+
+    cfg = load_config(path)
+    assert cfg.head.name in HEADS
+    backbone = build_backbone(cfg.model.backbone, embedding_size=cfg.model.embedding_size, **cfg.model.params)
+    if cfg.ot.weight > 0:
+        assert cfg.ot.stage in backbone.stage_names

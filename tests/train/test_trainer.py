@@ -1,0 +1,109 @@
+"""End-to-end: a tiny synthetic run trains, evaluates, checkpoints and resumes exactly."""
+
+import json
+
+import pytest
+import torch
+
+from otface.cli import main
+from otface.config import load_config
+from otface.train.trainer import Trainer
+
+TINY = [
+    "data.synthetic.num_identities=12",
+    "data.synthetic.images_per_identity=6",
+    "data.synthetic.num_pairs=40",
+    "data.synthetic.workers=1",
+    "data.num_workers=0",
+    "model.backbone=iresnet18",
+    "model.params={width: 0.125}",
+    "model.input_size=32",
+    "model.embedding_size=32",
+    "ot.stage=layer2",
+    "ot.iters=10",
+    "optim.batch_size=16",
+    "optim.lr=0.05",
+    "train.progress=false",
+    "train.log_interval=1",
+    "train.threads=1",
+]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return f"data.synthetic.cache_dir={tmp_path_factory.mktemp('synth')}"
+
+
+def run(tmp, cache, *extra, resume=False):
+    cfg = load_config(None, TINY + [cache, *extra])
+    trainer = Trainer(cfg, tmp)
+    if resume:
+        trainer.resume()
+    return trainer, trainer.train()
+
+
+def test_train_evaluate_and_report(tmp_path, cache):
+    trainer, results = run(tmp_path, cache, "optim.epochs=1")
+    assert set(results["verification"]) == {"synth_easy", "synth_hard"}
+    for r in results["verification"].values():
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["pairs"] == 40
+    t = results["train"]
+    assert t["steps"] == trainer.steps_per_epoch and t["images"] == t["steps"] * 16
+    assert t["hard_groups_per_step"] > 0  # the P x K sampler makes the OT term active
+    assert t["images_per_second"] > 0
+    assert results["config"]["ot"]["weight"] == 1.0
+    assert (tmp_path / "last.pt").is_file() and (tmp_path / "roc.png").is_file()
+    assert (tmp_path / "config.yaml").is_file()
+
+
+def test_resume_continues_exactly(tmp_path, cache):
+    full, _ = run(tmp_path / "full", cache, "optim.epochs=2")
+    run(tmp_path / "split", cache, "optim.epochs=1")
+    resumed, _ = run(tmp_path / "split", cache, "optim.epochs=2", resume=True)
+    assert resumed.state.step == full.state.step
+    for name, value in full.backbone.state_dict().items():
+        torch.testing.assert_close(resumed.backbone.state_dict()[name], value, msg=name)
+    torch.testing.assert_close(resumed.head.weight, full.head.weight)
+
+
+def test_gradient_accumulation_holds_the_schedule(tmp_path, cache):
+    """Two accumulated micro-batches of 8 make one optimiser step: the same number of steps (and
+    so the same learning-rate schedule) and images as batches of 16."""
+    a, _ = run(tmp_path / "a", cache, "optim.epochs=1", "ot.weight=0", "data.sampler=random", "data.flip=false",
+               "optim.momentum=0", "optim.weight_decay=0")
+    assert a.state.step == a.steps_per_epoch
+    b, _ = run(tmp_path / "b", cache, "optim.epochs=1", "ot.weight=0", "data.sampler=random", "data.flip=false",
+               "optim.momentum=0", "optim.weight_decay=0", "optim.batch_size=8", "optim.grad_accum=2")
+    assert b.state.step == a.state.step
+    assert b.state.images == a.state.images
+
+
+def test_cli_train_writes_results_and_rejects_bad_keys(tmp_path, cache, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY, cache, "optim.epochs=1", "ot.weight=0"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["ot"]["weight"] == 0.0
+    assert "synth_easy" in capsys.readouterr().out
+    assert main(["train", "--out", str(out), *TINY, cache]) == 2  # run exists: needs --resume
+    assert main(["train", "--out", str(tmp_path / "x"), "optim.lrr=1"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+    assert main(["train", "--resume", "--out", str(tmp_path / "none")]) == 2
+
+
+def test_non_finite_loss_is_skipped_and_counted(tmp_path, cache, monkeypatch):
+    cfg = load_config(None, TINY + [cache, "optim.epochs=1", "train.max_bad_steps=100"])
+    trainer = Trainer(cfg, tmp_path)
+    calls = {"n": 0}
+    forward = trainer._forward
+
+    def sometimes_nan(images, labels):
+        calls["n"] += 1
+        loss, terms = forward(images, labels)
+        return (loss * float("nan"), terms) if calls["n"] == 2 else (loss, terms)
+
+    monkeypatch.setattr(trainer, "_forward", sometimes_nan)
+    before = {k: v.clone() for k, v in trainer.backbone.state_dict().items()}
+    results = trainer.train()
+    assert results["train"]["skipped_steps"] == 1
+    assert all(torch.isfinite(v.float()).all() for v in trainer.backbone.state_dict().values())
+    assert any(not torch.equal(before[k], v) for k, v in trainer.backbone.state_dict().items())
