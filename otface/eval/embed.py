@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,13 +20,19 @@ def extract_embeddings(
 ) -> torch.Tensor:
     """(N, 3, H, W) normalised float images -> (N, E) float32 L2-normalised embeddings on the CPU.
 
-    With ``flip`` the embedding is model(x) + model(flip(x)) before normalisation (insightface's
-    protocol). The model is run in eval mode under inference_mode; its mode is restored after.
+    With ``flip`` the embedding is model(x) + model(x flipped left-right) before normalisation
+    (insightface's ``verification.test``). The model runs in eval mode under inference_mode on
+    ``device`` (default: where its parameters are); every submodule's training flag is restored
+    afterwards. ``progress`` shows a tqdm bar.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if device is None:
+        first = next(itertools.chain(model.parameters(), model.buffers()), None)
+        device = first.device if first is not None else torch.device("cpu")
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     out = []
     try:
@@ -36,5 +44,8 @@ def extract_embeddings(
                     emb = emb + model(torch.flip(x, dims=[3])).float()
                 out.append(F.normalize(emb, dim=1).cpu())
     finally:
-        model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, 0)
+        for m, training in modes:
+            m.training = training
+    if not out:
+        raise ValueError("no images to embed")
+    return torch.cat(out)

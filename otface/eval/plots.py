@@ -12,21 +12,36 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
-             title: str = "ROC") -> Path:
-    """Save ROC curves {name: (fpr, tpr)} as a PNG with a logarithmic FAR axis."""
+def curve_auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Trapezoidal area under a ROC curve given as points, closed by (0, 0) and (1, 1)."""
+    order = np.argsort(fpr, kind="stable")
+    x = np.concatenate([[0.0], np.asarray(fpr, dtype=float)[order], [1.0]])
+    y = np.concatenate([[0.0], np.asarray(tpr, dtype=float)[order], [1.0]])
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
+
+
+def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "ROC") -> Path:
+    """Save ROC curves {name: (fpr, tpr)} as a PNG at ``path`` (parent folders created).
+
+    The false-accept axis is logarithmic, starting at the decade below the smallest positive FAR
+    of any curve; the legend gives each curve's AUC. Returns the path.
+    """
+    if not curves:
+        raise ValueError("no curves to plot")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    smallest = 1.0
     for name, (fpr, tpr) in curves.items():
-        fpr, tpr = np.asarray(fpr), np.asarray(tpr)
+        fpr, tpr = np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float)
+        if fpr.shape != tpr.shape or fpr.ndim != 1:
+            raise ValueError(f"curve {name!r}: fpr and tpr must be 1-D of one length, got {fpr.shape}, {tpr.shape}")
         order = np.argsort(fpr, kind="stable")
-        fpr, tpr = fpr[order], tpr[order]
-        auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-        keep = fpr > 0
-        ax.plot(fpr[keep], tpr[keep], label=f"{name} (AUC {auc:.4f})")
+        keep = order[fpr[order] > 0]  # the log axis cannot show FAR = 0
+        smallest = min(smallest, fpr[keep].min(initial=1.0))
+        ax.plot(fpr[keep], tpr[keep], label=f"{name} (AUC {curve_auc(fpr, tpr):.4f})")
     ax.set_xscale("log")
-    ax.set_xlim(1e-4, 1)
+    ax.set_xlim(10 ** np.floor(np.log10(smallest)) if smallest < 1 else 1e-4, 1)
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("false accept rate")
     ax.set_ylabel("true accept rate")

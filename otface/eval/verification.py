@@ -1,11 +1,16 @@
 """1:1 verification with insightface's protocol (LFW, AgeDB-30, CFP-FP, CALFW, CPLFW; SPEC §6).
 
-Embeddings are L2-normalised and compared by squared Euclidean distance d in [0, 4]; a pair is
-predicted genuine when d < threshold. Ten contiguous folds in order (no shuffling): on each fold,
-the threshold of best accuracy on the other nine (first best of np.arange(0, 4, 0.01)) is applied
-to it. TAR at a target FAR follows insightface's ``calculate_val``: per fold, the threshold whose
-training-fold FAR equals the target (linear interpolation over np.arange(0, 4, 0.001)) is
-applied to the test fold.
+The numbers equal those of insightface's ``eval/verification.py`` (``calculate_roc`` and
+``calculate_val``) on the same embeddings:
+
+- embeddings are L2-normalised and compared by squared Euclidean distance d in [0, 4]; a pair is
+  predicted genuine when d < threshold;
+- folds are contiguous and in order (sklearn's ``KFold(shuffle=False)``);
+- accuracy: on each fold, the threshold of best accuracy on the other folds (the first best of
+  ``np.arange(0, 4, 0.01)``, as ``np.argmax``) is applied to it;
+- TAR at a target FAR: on each fold, the threshold at which the FAR of the other folds equals the
+  target, interpolated linearly over ``np.arange(0, 4, 0.001)`` (0 when that FAR is never
+  reached), is applied to it.
 """
 
 from __future__ import annotations
@@ -19,85 +24,105 @@ VAL_THRESHOLDS = np.arange(0, 4, 0.001)
 
 
 def kfold_indices(n: int, nfolds: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Contiguous (train, test) index splits; the first ``n % nfolds`` folds hold one extra item
-    (as sklearn's KFold without shuffling)."""
-    if not 2 <= nfolds <= n:
-        raise ValueError(f"nfolds must be in [2, {n}], got {nfolds}")
+    """Contiguous (train, test) index splits of range(n), in order.
+
+    The first ``n % nfolds`` folds hold one extra item (as sklearn's KFold without shuffling).
+    ``nfolds == 1`` trains and tests on everything (as insightface's ``LFold``).
+    """
+    if not 1 <= nfolds <= n:
+        raise ValueError(f"nfolds must be in [1, {n}] for {n} pairs, got {nfolds}")
+    idx = np.arange(n)
+    if nfolds == 1:
+        return [(idx, idx)]
     sizes = np.full(nfolds, n // nfolds)
     sizes[: n % nfolds] += 1
     bounds = np.concatenate([[0], np.cumsum(sizes)])
-    idx = np.arange(n)
     return [(np.concatenate([idx[:a], idx[b:]]), idx[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _rates(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(tpr, fpr, accuracy) per threshold, each (T,); a rate with an empty denominator is 0."""
-    accept = dist[None, :] < thresholds[:, None]
-    tp = (accept & issame).sum(1)
-    fp = (accept & ~issame).sum(1)
-    n_same, n_diff = issame.sum(), (~issame).sum()
-    tn = n_diff - fp
-    tpr = tp / n_same if n_same else np.zeros(len(thresholds))
-    fpr = fp / n_diff if n_diff else np.zeros(len(thresholds))
-    return tpr, fpr, (tp + tn) / len(dist)
+def rates(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(tpr, fpr, accuracy), each (T,), of accepting the pairs with dist < threshold.
+
+    Args:
+        dist: (P,) pair distances.
+        issame: (P,) bool ground truth.
+        thresholds: (T,).
+    A rate with an empty denominator is 0, as in insightface's ``calculate_accuracy``.
+    """
+    same, diff = np.sort(dist[issame]), np.sort(dist[~issame])
+    tp = np.searchsorted(same, thresholds, side="left")  # number of d < t
+    fp = np.searchsorted(diff, thresholds, side="left")
+    tpr = tp / len(same) if len(same) else np.zeros(len(thresholds))
+    fpr = fp / len(diff) if len(diff) else np.zeros(len(thresholds))
+    return tpr, fpr, (tp + len(diff) - fp) / len(dist)
 
 
-def _auc(dist: np.ndarray, issame: np.ndarray) -> float:
-    """ROC AUC of the score -dist over all pairs (Mann-Whitney, ties counted half)."""
-    pos, neg = -dist[issame], -dist[~issame]
-    if len(pos) == 0 or len(neg) == 0:
+def roc_auc(dist: np.ndarray, issame: np.ndarray) -> float:
+    """Area under the ROC of the score -dist: P(d_genuine < d_impostor), ties counted half."""
+    same, diff = dist[issame], np.sort(dist[~issame])
+    if len(same) == 0 or len(diff) == 0:
         return float("nan")
-    scores = np.concatenate([pos, neg])
-    order = scores.argsort(kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # average ranks of ties
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    below = np.searchsorted(diff, same, side="left")
+    above = len(diff) - np.searchsorted(diff, same, side="right")
+    return float((above.sum() + 0.5 * (len(diff) - below - above).sum()) / (len(same) * len(diff)))
+
+
+def far_threshold(dist: np.ndarray, issame: np.ndarray, far_target: float) -> float:
+    """The threshold at which the FAR of these pairs equals ``far_target`` (insightface's rule).
+
+    Linear interpolation of the thresholds against the non-decreasing FAR curve over
+    VAL_THRESHOLDS. Where the target lies on a flat stretch of the curve, the largest threshold of
+    that stretch is taken: this is what ``interp1d(kind='slinear')`` returned in the SciPy
+    versions insightface was written for (recent SciPy refuses the repeated FAR values instead:
+    insightface issue #2152), and what ``np.interp`` returns. 0 where the target is never reached.
+    """
+    _, far, _ = rates(dist, issame, VAL_THRESHOLDS)
+    return float(np.interp(far_target, far, VAL_THRESHOLDS)) if far.max() >= far_target else 0.0
 
 
 def verification(
     emb1: np.ndarray, emb2: np.ndarray, issame: np.ndarray, nfolds: int = 10, far_target: float = 1e-3
 ) -> dict[str, Any]:
-    """Verification metrics of pairs (emb1[i], emb2[i]) with ground truth issame[i].
+    """Verification metrics of the pairs (emb1[i], emb2[i]) with ground truth issame[i].
 
     Args:
-        emb1, emb2: (P, E) embeddings (normalised here).
+        emb1, emb2: (P, E) embeddings (L2-normalised here).
         issame: (P,) bool, True for genuine pairs.
+        nfolds: number of contiguous folds.
+        far_target: the FAR of ``tar_at_far``.
     Returns:
-        accuracy, accuracy_std (over folds), threshold (mean best squared-L2 threshold),
-        tar_at_far, tar_at_far_std, far (achieved, mean over folds), far_target, auc, and the ROC
-        arrays tpr, fpr (mean over folds on the ACC_THRESHOLDS grid).
+        accuracy, accuracy_std: mean and std over folds of the test-fold accuracy;
+        threshold: mean best squared-L2 threshold over folds;
+        tar_at_far, tar_at_far_std, far: mean and std of the test-fold TAR, and the mean test-fold
+            FAR reached, at the thresholds chosen for ``far_target``;
+        far_target; auc: ROC AUC over all pairs;
+        tpr, fpr: (400,) test-fold ROC over ACC_THRESHOLDS, averaged over folds.
     """
     emb1, emb2 = np.asarray(emb1, dtype=np.float64), np.asarray(emb2, dtype=np.float64)
     issame = np.asarray(issame)
     if emb1.ndim != 2 or emb1.shape != emb2.shape or issame.shape != emb1.shape[:1]:
-        raise ValueError(f"need emb1, emb2 of one shape (P, E) and issame (P,); got "
+        raise ValueError(f"need emb1, emb2 of one shape (P, E) and issame (P,); got shapes "
                          f"{emb1.shape}, {emb2.shape}, {issame.shape}")
     if issame.dtype != bool:
         raise ValueError(f"issame must be boolean, got {issame.dtype}")
-    if not np.isfinite(emb1).all() or not np.isfinite(emb2).all():
+    if not (np.isfinite(emb1).all() and np.isfinite(emb2).all()):
         raise ValueError("embeddings contain NaN or inf")
+    if not 0.0 < far_target <= 1.0:
+        raise ValueError(f"far_target must be in (0, 1], got {far_target}")
     e1 = emb1 / np.maximum(np.linalg.norm(emb1, axis=1, keepdims=True), 1e-12)
     e2 = emb2 / np.maximum(np.linalg.norm(emb2, axis=1, keepdims=True), 1e-12)
     dist = ((e1 - e2) ** 2).sum(1)
 
-    folds = kfold_indices(len(dist), nfolds)
     acc, best_thr, tprs, fprs, tar, far = [], [], [], [], [], []
-    for train, test in folds:
-        _, _, acc_train = _rates(dist[train], issame[train], ACC_THRESHOLDS)
-        best = ACC_THRESHOLDS[np.argmax(acc_train)]
-        tpr, fpr, _ = _rates(dist[test], issame[test], ACC_THRESHOLDS)
+    for train, test in kfold_indices(len(dist), nfolds):
+        best = ACC_THRESHOLDS[np.argmax(rates(dist[train], issame[train], ACC_THRESHOLDS)[2])]
+        tpr, fpr, _ = rates(dist[test], issame[test], ACC_THRESHOLDS)
         tprs.append(tpr)
         fprs.append(fpr)
-        acc.append(_rates(dist[test], issame[test], np.array([best]))[2][0])
+        acc.append(rates(dist[test], issame[test], np.array([best]))[2][0])
         best_thr.append(best)
 
-        _, far_train, _ = _rates(dist[train], issame[train], VAL_THRESHOLDS)
-        thr = np.interp(far_target, far_train, VAL_THRESHOLDS) if far_train.max() >= far_target else 0.0
-        t, f, _ = _rates(dist[test], issame[test], np.array([thr]))
+        t, f, _ = rates(dist[test], issame[test], np.array([far_threshold(dist[train], issame[train], far_target)]))
         tar.append(t[0])
         far.append(f[0])
     return {
@@ -108,7 +133,7 @@ def verification(
         "tar_at_far_std": float(np.std(tar)),
         "far": float(np.mean(far)),
         "far_target": float(far_target),
-        "auc": _auc(dist, issame),
+        "auc": roc_auc(dist, issame),
         "tpr": np.mean(tprs, 0),
         "fpr": np.mean(fprs, 0),
     }

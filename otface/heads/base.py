@@ -35,7 +35,8 @@ class MarginHead(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_size))
         nn.init.normal_(self.weight, std=0.01)
 
-    def _check(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+    def _checked_labels(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Validate the shapes and the label range; the labels as int64 (uint8 would index as a mask)."""
         if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_size:
             raise ValueError(f"embeddings must be (N, {self.embedding_size}), got {tuple(embeddings.shape)}")
         if labels.shape != embeddings.shape[:1]:
@@ -46,6 +47,7 @@ class MarginHead(nn.Module):
             lo, hi = torch.stack(torch.aminmax(labels)).tolist()  # one device sync
             if lo < 0 or hi >= self.num_classes:
                 raise ValueError(f"labels must lie in [0, {self.num_classes}); got range [{lo}, {hi}]")
+        return labels.long()
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(N, E) -> (N, C) cosines of normalised embeddings and class weights.
@@ -66,7 +68,7 @@ class MarginHead(nn.Module):
 
         Autocast is disabled inside, so the margin and the scale act on full-precision cosines.
         """
-        self._check(embeddings, labels)
+        labels = self._checked_labels(embeddings, labels)
         with torch.autocast(embeddings.device.type, enabled=False):
             cos = self.cosine(embeddings)
             rows = torch.arange(cos.shape[0], device=cos.device)
@@ -75,7 +77,7 @@ class MarginHead(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(N, E), (N,) -> scalar mean cross-entropy of :meth:`logits`."""
-        return F.cross_entropy(self.logits(embeddings, labels), labels)
+        return F.cross_entropy(self.logits(embeddings, labels), labels.long())
 
     def extra_repr(self) -> str:
         return f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, scale={self.scale}"

@@ -8,14 +8,14 @@ from otface.heads.base import MarginHead
 
 
 class CosFace(MarginHead):
-    """Additive cosine margin on the target logit."""
+    """Additive cosine margin on the target logit: cos(theta_y) - m."""
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float = 64.0, margin: float = 0.35) -> None:
         super().__init__(embedding_size, num_classes, scale)
-        self.m = float(margin)
+        self.margin = float(margin)
 
-    def margin(self, cos_target: torch.Tensor) -> torch.Tensor:
-        return cos_target - self.m
+    def margin_cos(self, cos_target: torch.Tensor) -> torch.Tensor:
+        return cos_target - self.margin
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", margin={self.m}"
+        return super().extra_repr() + f", margin={self.margin}"

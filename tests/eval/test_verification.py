@@ -1,40 +1,68 @@
 import numpy as np
 import pytest
 import torch
+from scipy.interpolate import BSpline
 from torch import nn
 
 from otface.eval import extract_embeddings, plot_roc, verification
-from otface.eval.verification import kfold_indices
+from otface.eval.plots import curve_auc
+from otface.eval.verification import VAL_THRESHOLDS, far_threshold, kfold_indices
 
 
-def brute_force(e1, e2, issame, nfolds=10):
-    """Straightforward re-computation of insightface's accuracy protocol with explicit loops."""
+def normalised_dist(e1, e2):
     e1 = e1 / np.linalg.norm(e1, axis=1, keepdims=True)
     e2 = e2 / np.linalg.norm(e2, axis=1, keepdims=True)
-    dist = [float(((a - b) ** 2).sum()) for a, b in zip(e1, e2)]
-    n = len(dist)
+    return ((e1 - e2) ** 2).sum(1)
+
+
+def fold_ranges(n, nfolds):
+    sizes = [n // nfolds + (1 if f < n % nfolds else 0) for f in range(nfolds)]
+    start = 0
+    for size in sizes:
+        test = list(range(start, start + size))
+        yield [i for i in range(n) if i not in test], test
+        start += size
+
+
+def brute_force_accuracy(dist, issame, nfolds):
+    """insightface's calculate_roc with explicit loops: first best threshold on the train folds."""
     thresholds = [i * 0.01 for i in range(400)]
-    fold_size = [n // nfolds + (1 if f < n % nfolds else 0) for f in range(nfolds)]
-    accs, start = [], 0
-    for f in range(nfolds):
-        test = list(range(start, start + fold_size[f]))
-        start += fold_size[f]
-        train = [i for i in range(n) if i not in test]
 
-        def acc(idx, t):
-            return sum((dist[i] < t) == bool(issame[i]) for i in idx) / len(idx)
+    def acc(idx, t):
+        return sum((dist[i] < t) == bool(issame[i]) for i in idx) / len(idx)
 
+    accs, best_ts = [], []
+    for train, test in fold_ranges(len(dist), nfolds):
         best_t, best_a = None, -1
         for t in thresholds:
             a = acc(train, t)
             if a > best_a:
                 best_t, best_a = t, a
         accs.append(acc(test, best_t))
-    return float(np.mean(accs)), float(np.std(accs))
+        best_ts.append(best_t)
+    return np.mean(accs), np.std(accs), np.mean(best_ts)
+
+
+def brute_force_val(dist, issame, nfolds, far_target):
+    """insightface's calculate_val: FAR counted per threshold; threshold by interp1d(kind='slinear')
+    as SciPy built it for insightface (a degree-1 B-spline with knots [x0, x, x_last]) ."""
+    tars, fars = [], []
+    for train, test in fold_ranges(len(dist), nfolds):
+        d, s = dist[train], issame[train]
+        far_train = np.array([np.sum((d < t) & ~s) / np.sum(~s) for t in VAL_THRESHOLDS])
+        if far_train.max() >= far_target:
+            spline = BSpline.construct_fast(np.r_[far_train[0], far_train, far_train[-1]], VAL_THRESHOLDS, 1)
+            thr = float(spline(far_target))
+        else:
+            thr = 0.0
+        d, s = dist[test], issame[test]
+        tars.append(np.sum((d < thr) & s) / np.sum(s))
+        fars.append(np.sum((d < thr) & ~s) / np.sum(~s))
+    return np.mean(tars), np.std(tars), np.mean(fars)
 
 
 def make_pairs(rng, p=200, dim=16, signal=1.0):
-    issame = np.arange(p) % 2 == 0
+    issame = rng.random(p) < 0.5
     e1 = rng.normal(size=(p, dim))
     e2 = np.where(issame[:, None], e1 + rng.normal(size=(p, dim)) / signal, rng.normal(size=(p, dim)))
     return e1, e2, issame
@@ -44,85 +72,159 @@ def make_pairs(rng, p=200, dim=16, signal=1.0):
 def test_accuracy_equals_brute_force(seed, signal, nfolds):
     e1, e2, issame = make_pairs(np.random.default_rng(seed), p=203, signal=signal)
     r = verification(e1, e2, issame, nfolds=nfolds)
-    acc, std = brute_force(e1, e2, issame, nfolds)
+    acc, std, thr = brute_force_accuracy(normalised_dist(e1, e2), issame, nfolds)
     assert r["accuracy"] == pytest.approx(acc, abs=1e-12)
     assert r["accuracy_std"] == pytest.approx(std, abs=1e-12)
+    assert r["threshold"] == pytest.approx(thr, abs=1e-12)
+    assert r["tpr"].shape == r["fpr"].shape == (400,)
 
 
-def test_tar_at_far_by_explicit_counting():
-    rng = np.random.default_rng(3)
-    e1, e2, issame = make_pairs(rng, p=4000, signal=1.5)
-    r = verification(e1, e2, issame, far_target=0.05)
-    # the threshold is chosen on training folds, so the achieved FAR is close to the target
-    assert abs(r["far"] - 0.05) < 0.02
-    n1 = e1 / np.linalg.norm(e1, axis=1, keepdims=True)
-    n2 = e2 / np.linalg.norm(e2, axis=1, keepdims=True)
-    dist = ((n1 - n2) ** 2).sum(1)
-    # TAR at the global threshold with FAR = 5% counted directly
-    thr = np.quantile(dist[~issame], 0.05)
-    tar = (dist[issame] < thr).mean()
-    assert r["tar_at_far"] == pytest.approx(tar, abs=0.03)
+@pytest.mark.parametrize("seed, far_target", [(3, 1e-3), (4, 0.05), (5, 1e-2)])
+def test_tar_at_far_equals_brute_force(seed, far_target):
+    e1, e2, issame = make_pairs(np.random.default_rng(seed), p=1500, signal=1.5)
+    r = verification(e1, e2, issame, far_target=far_target)
+    tar, tar_std, far = brute_force_val(normalised_dist(e1, e2), issame, 10, far_target)
+    assert (r["tar_at_far"], r["tar_at_far_std"], r["far"]) == pytest.approx((tar, tar_std, far), abs=1e-12)
+    assert r["far_target"] == far_target
+    assert 0 < r["tar_at_far"] < 1
+
+
+def test_far_target_on_a_plateau_takes_its_largest_threshold():
+    # 1000 impostor pairs at distinct distances: FAR = 2/1000 exactly between the 2nd and 3rd
+    dist = np.linspace(0.5, 3.5, 1000) + 0.0004
+    issame = np.zeros(1000, bool)
+    thr = far_threshold(dist, issame, 0.002)
+    assert thr == pytest.approx(VAL_THRESHOLDS[VAL_THRESHOLDS <= dist[2]].max(), abs=1e-12)
+    far = np.array([np.mean(dist < t) for t in VAL_THRESHOLDS])
+    spline = BSpline.construct_fast(np.r_[far[0], far, far[-1]], VAL_THRESHOLDS, 1)
+    assert thr == pytest.approx(float(spline(0.002)), abs=1e-12)
+    assert far_threshold(dist, issame, 1e-4) == pytest.approx(np.interp(1e-4, far, VAL_THRESHOLDS))
+    assert far_threshold(dist[:10] + 4.0, issame[:10], 1e-3) == 0.0  # FAR never reached
+
+
+def test_roc_arrays_and_auc_by_counting():
+    rng = np.random.default_rng(6)
+    e1, e2, issame = make_pairs(rng, p=300)
+    r = verification(e1, e2, issame, nfolds=3)
+    dist = normalised_dist(e1, e2)
+    for k, t in enumerate([0.5, 1.0, 1.7, 2.5]):
+        i = int(round(t / 0.01))
+        tprs = [np.sum((dist[te] < t) & issame[te]) / np.sum(issame[te]) for _, te in fold_ranges(300, 3)]
+        fprs = [np.sum((dist[te] < t) & ~issame[te]) / np.sum(~issame[te]) for _, te in fold_ranges(300, 3)]
+        assert (r["tpr"][i], r["fpr"][i]) == pytest.approx((np.mean(tprs), np.mean(fprs)), abs=1e-12)
+    pos, neg = dist[issame], dist[~issame]
+    auc = np.mean((pos[:, None] < neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :]))
+    assert r["auc"] == pytest.approx(auc, abs=1e-12)
 
 
 def test_perfect_and_random():
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(7)
     e1 = rng.normal(size=(100, 8))
     issame = np.arange(100) % 2 == 0
-    e2 = np.where(issame[:, None], e1, -e1)
+    e2 = np.where(issame[:, None], 3.0 * e1, -e1)  # scale does not matter: normalised inside
     r = verification(e1, e2, issame)
     assert r["accuracy"] == 1.0 and r["accuracy_std"] == 0.0 and r["auc"] == 1.0
+    # insightface's rule: no impostor is ever accepted on the train folds, so the FAR target is
+    # never reached and the threshold is 0, which accepts nothing
+    assert r["tar_at_far"] == 0.0 and r["far"] == 0.0
     r = verification(rng.normal(size=(2000, 8)), rng.normal(size=(2000, 8)), np.arange(2000) % 2 == 0)
     assert abs(r["accuracy"] - 0.5) < 0.06 and abs(r["auc"] - 0.5) < 0.05
+    assert r["accuracy_std"] > 0
 
 
 def test_hand_computed_four_pairs():
-    # distances 0, 2, 2, 4: (same, same, diff, diff) with 2 folds of 2 pairs
+    # squared distances 0, 2, 2, 4 for (same, same, diff, diff); 2 folds of 2 pairs
     e1 = np.array([[1.0, 0], [1, 0], [1, 0], [1, 0]])
     e2 = np.array([[1.0, 0], [0, 1], [0, 1], [-1, 0]])
     issame = np.array([True, True, False, False])
     r = verification(e1, e2, issame, nfolds=2)
-    # fold 1 = pairs 0,1 (test); train on pairs 2,3 (both diff): threshold 0 is first best (acc 1)
-    # -> test accuracy: pair 0 dist 0 < 0 false -> wrong; pair 1 wrong -> 0.
-    # fold 2: train pairs 0,1 (same): first best threshold is 2.01 -> pair 2 (dist 2) accepted wrongly,
-    # pair 3 (dist 4) rejected -> 0.5
+    # fold 1 tests pairs 0, 1 and trains on 2, 3 (both impostors): every t <= 2 rejects both, so
+    # t = 0 is the first best; on the test fold it rejects both genuine pairs: accuracy 0.
+    # fold 2 tests pairs 2, 3 and trains on 0, 1 (genuine, d = 0 and 2): the first t accepting
+    # both is 2.01 (0.01 * 201 > 2); it accepts pair 2 (d = 2) wrongly and rejects pair 3: 0.5.
     assert r["accuracy"] == pytest.approx(0.25)
+    assert r["accuracy_std"] == pytest.approx(0.25)
     assert r["threshold"] == pytest.approx((0.0 + 2.01) / 2)
+    # AUC: genuine {0, 2} vs impostor {2, 4}: pairs (0,2) (0,4) (2,4) ordered, (2,2) tied
+    assert r["auc"] == pytest.approx(3.5 / 4)
 
 
-def test_kfold_like_sklearn():
+def test_kfold_like_sklearn_and_lfold():
     folds = kfold_indices(11, 3)
     assert [t.tolist() for _, t in folds] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
-    with pytest.raises(ValueError):
+    assert folds[1][0].tolist() == [0, 1, 2, 3, 8, 9, 10]
+    (train, test), = kfold_indices(4, 1)
+    assert train.tolist() == test.tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="nfolds"):
         kfold_indices(5, 6)
+    with pytest.raises(ValueError, match="nfolds"):
+        kfold_indices(5, 0)
 
 
 def test_bad_input():
     with pytest.raises(ValueError, match="shape"):
         verification(np.zeros((4, 3)), np.zeros((5, 3)), np.ones(4, bool))
+    with pytest.raises(ValueError, match="shape"):
+        verification(np.ones((4, 3)), np.ones((4, 3)), np.ones(5, bool))
     with pytest.raises(ValueError, match="boolean"):
         verification(np.ones((4, 3)), np.ones((4, 3)), np.ones(4))
     with pytest.raises(ValueError, match="NaN"):
         verification(np.full((20, 3), np.nan), np.ones((20, 3)), np.ones(20, bool))
+    with pytest.raises(ValueError, match="nfolds"):
+        verification(np.ones((4, 3)), np.ones((4, 3)), np.ones(4, bool), nfolds=10)
+    with pytest.raises(ValueError, match="far_target"):
+        verification(np.ones((40, 3)), np.ones((40, 3)), np.ones(40, bool), far_target=0)
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x):
+        return self.fc(self.drop(self.bn(self.conv(x)).flatten(1)))
 
 
 def test_extract_embeddings_sums_image_and_flip():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    model = Tiny()
     model.train()
+    model.bn.eval()  # e.g. frozen statistics: must stay in eval mode afterwards
     x = torch.randn(7, 3, 8, 8)
-    got = extract_embeddings(model, x, batch_size=3)
-    assert model.training
-    model.eval()
+    got = extract_embeddings(model, x, batch_size=3, progress=False)
+    assert model.training and model.drop.training and not model.bn.training
+    assert got.dtype == torch.float32 and got.shape == (7, 5)
+
+    model.eval()  # eval mode: dropout off, BN running statistics
     with torch.no_grad():
-        manual = model(x) + model(x.flip(3))
-    manual = manual / manual.norm(dim=1, keepdim=True)
+        plain = model(x)
+        flipped = model(x[:, :, :, torch.arange(7, -1, -1)])  # columns reversed by hand
+    manual = (plain + flipped) / (plain + flipped).norm(dim=1, keepdim=True)
     torch.testing.assert_close(got, manual)
-    no_flip = extract_embeddings(model, x, flip=False)
-    torch.testing.assert_close(no_flip, model(x).detach() / model(x).detach().norm(dim=1, keepdim=True))
+    torch.testing.assert_close(extract_embeddings(model, x, flip=False), plain / plain.norm(dim=1, keepdim=True))
+
+
+def test_extract_embeddings_errors_and_parameterless_model():
+    x = torch.randn(3, 3, 4, 4)
+    got = extract_embeddings(nn.Flatten(), x)
+    flat = (x + x.flip(3)).flatten(1)
+    torch.testing.assert_close(got, flat / flat.norm(dim=1, keepdim=True))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        extract_embeddings(nn.Flatten(), torch.randn(3, 1, 4, 4))
+    with pytest.raises(ValueError, match="no images"):
+        extract_embeddings(nn.Flatten(), torch.randn(0, 3, 4, 4))
 
 
 def test_plot_roc_writes_png(tmp_path):
-    e1, e2, issame = make_pairs(np.random.default_rng(5))
+    e1, e2, issame = make_pairs(np.random.default_rng(8))
     r = verification(e1, e2, issame)
-    path = plot_roc({"a": (r["fpr"], r["tpr"])}, tmp_path / "sub" / "roc.png")
+    curves = {"a": (r["fpr"], r["tpr"]), "b": (np.array([0.0, 0.01, 0.1, 1.0]), np.array([0.0, 0.5, 0.8, 1.0]))}
+    path = plot_roc(curves, tmp_path / "sub" / "roc.png", title="test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    assert curve_auc(np.array([0.0, 0.5, 1.0]), np.array([0.0, 1.0, 1.0])) == pytest.approx(0.75)
+    assert curve_auc(np.array([0.5]), np.array([0.5])) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="no curves"):
+        plot_roc({}, tmp_path / "x.png")

@@ -5,26 +5,39 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from otface.heads import HEADS, build_head
+from otface.heads import HEADS, ArcFace, CosFace, MarginHead, build_head
 
 
-def reference_logits(name, emb, weight, labels, s, m):
+def reference_logits(kind, emb, weight, labels, s, m):
     """Float64 re-implementation of the published formulas, independent of otface.heads."""
-    x = emb.double().numpy()
-    w = weight.double().numpy()
+    x = emb.detach().double().numpy()
+    w = weight.detach().double().numpy()
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     w = w / np.linalg.norm(w, axis=1, keepdims=True)
     cos = x @ w.T
     out = cos.copy()
     for i, y in enumerate(labels.tolist()):
         c = cos[i, y]
-        if name == "arcface":
+        if kind == "arcface":
             theta = math.acos(max(-1.0, min(1.0, c)))
-            # insightface fallback where theta + m > pi: cos(theta) - m * sin(m)
-            out[i, y] = math.cos(theta + m) if theta + m <= math.pi else c - m * math.sin(m)
+            # insightface (arcface_torch ArcFace, easy_margin=False): cos(theta + m) while
+            # cos(theta) > cos(pi - m), otherwise cos(theta) - sin(pi - m) * m
+            out[i, y] = math.cos(theta + m) if theta + m < math.pi else c - math.sin(math.pi - m) * m
         else:
             out[i, y] = c - m
     return s * out
+
+
+def inputs_with_large_angles(head, n=40, n_opposite=8, seed=0):
+    """Random embeddings and labels; the first ``n_opposite`` lie near the opposite of their class
+    weight, so that theta + m > pi there."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, head.num_classes, (n,), generator=g)
+    emb = torch.randn(n, head.embedding_size, generator=g)
+    w = head.weight.detach()[labels[:n_opposite]]
+    noise = 0.05 * torch.randn(n_opposite, head.embedding_size, generator=g)
+    emb[:n_opposite] = -w / w.norm(dim=1, keepdim=True) + noise
+    return emb, labels
 
 
 @pytest.mark.parametrize("name, s, m", [("arcface", 64.0, 0.5), ("arcface", 30.0, 1.2), ("cosface", 64.0, 0.35),
@@ -32,35 +45,41 @@ def reference_logits(name, emb, weight, labels, s, m):
 def test_logits_and_loss_match_the_formula(name, s, m):
     torch.manual_seed(0)
     head = build_head(name, 16, 7, scale=s, margin=m)
-    emb = torch.randn(40, 16)
-    labels = torch.randint(0, 7, (40,))
-    # put some samples near the negative of their class weight: theta + m > pi
-    emb[:5] = -head.weight.detach()[labels[:5]] + 0.01 * torch.randn(5, 16)
-    ref = reference_logits("arcface" if name == "arcface" else "cosface", emb, head.weight.detach(), labels, s, m)
+    emb, labels = inputs_with_large_angles(head)
+    kind = "arcface" if name == "arcface" else "cosface"
+    ref = reference_logits(kind, emb, head.weight, labels, s, m)
+    if kind == "arcface":  # both branches are exercised
+        cos_y = F.cosine_similarity(emb, head.weight.detach()[labels]).numpy()
+        assert (cos_y < math.cos(math.pi - m)).sum() >= 3 and (cos_y > math.cos(math.pi - m)).sum() >= 3
     got = head.logits(emb, labels)
-    np.testing.assert_allclose(got.detach().double().numpy(), ref, atol=2e-4 * s)
+    assert got.dtype == torch.float32 and got.shape == (40, 7)
+    np.testing.assert_allclose(got.detach().double().numpy(), ref, atol=2e-5 * s)
     ref_loss = F.cross_entropy(torch.from_numpy(ref), labels).item()
-    assert head(emb, labels).item() == pytest.approx(ref_loss, rel=1e-4, abs=1e-4)
+    assert head(emb, labels).item() == pytest.approx(ref_loss, rel=1e-5, abs=1e-5)
+    # float64 end to end matches to rounding
+    head64 = head.double()
+    np.testing.assert_allclose(head64.logits(emb.double(), labels).detach().numpy(), ref, atol=1e-10 * s)
 
 
-@pytest.mark.parametrize("name", ["arcface", "cosface"])
-def test_gradcheck(name):
+@pytest.mark.parametrize("name, m", [("arcface", 0.5), ("arcface", 1.2), ("cosface", 0.35)])
+def test_gradcheck_float64(name, m):
     torch.manual_seed(1)
-    head = build_head(name, 6, 4, scale=8.0).double()
-    emb = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
-    labels = torch.tensor([0, 1, 2, 3, 1])
-    # cosine() casts to float32; check the gradient of the float64 path through margin() directly
-    cos = torch.rand(5, dtype=torch.float64) * 1.8 - 0.9
-    cos.requires_grad_(True)
-    assert torch.autograd.gradcheck(head.margin, (cos,))
-    head(emb.float(), labels).backward()
-    assert torch.isfinite(emb.grad).all()
+    head = build_head(name, 6, 4, scale=4.0, margin=m).double()
+    emb, labels = inputs_with_large_angles(head, n=6, n_opposite=2, seed=1)
+    emb = emb.double().requires_grad_(True)
+    weight = head.weight.detach().clone().requires_grad_(True)
+
+    def loss(e, w):
+        return torch.func.functional_call(head, {"weight": w}, (e, labels))
+
+    assert torch.autograd.gradcheck(loss, (emb, weight))
 
 
 @pytest.mark.parametrize("name", ["arcface", "cosface"])
 @pytest.mark.parametrize("sign", [1.0, -1.0])
-def test_finite_gradients_at_cos_plus_minus_one(name, sign):
-    head = build_head(name, 8, 3)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_finite_gradients_at_cos_plus_minus_one(name, sign, dtype):
+    head = build_head(name, 8, 3).to(dtype)
     labels = torch.tensor([0, 1, 2])
     emb = (sign * head.weight.detach().clone()).requires_grad_(True)
     loss = head(emb, labels)
@@ -69,42 +88,84 @@ def test_finite_gradients_at_cos_plus_minus_one(name, sign):
     assert torch.isfinite(emb.grad).all() and torch.isfinite(head.weight.grad).all()
 
 
-def test_straight_through_keeps_value_changes_gradient():
+def test_straight_through_keeps_values_and_gives_the_plain_cosine_gradient():
     torch.manual_seed(2)
-    emb = torch.randn(6, 8)
-    labels = torch.randint(0, 4, (6,))
-    true = build_head("arcface", 8, 4)
-    st = build_head("arcface", 8, 4, straight_through=True)
+    s, m = 16.0, 0.5
+    true = build_head("arcface", 8, 4, scale=s, margin=m)
+    st = build_head("arcface", 8, 4, scale=s, margin=m, straight_through=True)
     st.load_state_dict(true.state_dict())
+    emb, labels = inputs_with_large_angles(true, n=10, n_opposite=2, seed=2)
     torch.testing.assert_close(true.logits(emb, labels), st.logits(emb, labels))
-    cos = torch.linspace(-0.9, 0.9, 7, requires_grad=True)
-    st.margin(cos).sum().backward()
-    torch.testing.assert_close(cos.grad, torch.ones(7))  # gradient of plain cos(theta)
+
+    # arcface_torch (margin under no_grad): dL/dcos = s * (softmax(margin logits) - onehot) / N
+    ref = torch.from_numpy(reference_logits("arcface", emb, true.weight, labels, s, m)).float()
+    g_cos = s * (ref.softmax(1) - F.one_hot(labels, 4).float()) / len(labels)
+    e = emb.clone().requires_grad_(True)
+    cos = F.normalize(e, dim=1) @ F.normalize(st.weight.detach(), dim=1).t()
+    (expected,) = torch.autograd.grad((cos * g_cos).sum(), e)
+    e.grad = None
+    st(e, labels).backward()
+    torch.testing.assert_close(e.grad, expected, rtol=1e-4, atol=1e-6)
+    # ... which differs from the true gradient
+    e2 = emb.clone().requires_grad_(True)
+    true(e2, labels).backward()
+    assert not torch.allclose(e2.grad, expected, rtol=1e-2, atol=1e-4)
 
 
 def test_bf16_autocast_gives_float32_logits():
+    torch.manual_seed(3)
     head = build_head("arcface", 16, 10)
-    emb = torch.randn(8, 16)
+    backbone = torch.nn.Linear(12, 16)
+    x = torch.randn(8, 12)
     labels = torch.randint(0, 10, (8,))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = head.logits(emb.bfloat16(), labels)
+        emb = backbone(x)
+        assert emb.dtype == torch.bfloat16
+        logits = head.logits(emb, labels)
+        loss = head(emb, labels)
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
-    torch.testing.assert_close(logits, head.logits(emb.bfloat16().float(), labels))
+    torch.testing.assert_close(logits, head.logits(emb.float(), labels))
+    loss.backward()
+    assert torch.isfinite(head.weight.grad).all() and torch.isfinite(backbone.weight.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.int64])
+def test_integer_label_dtypes_index_not_mask(dtype):
+    head = build_head("cosface", 4, 3)
+    emb = torch.randn(2, 4)
+    labels = torch.tensor([1, 1])
+    torch.testing.assert_close(head.logits(emb, labels.to(dtype)), head.logits(emb, labels))
+    torch.testing.assert_close(head(emb, labels.to(dtype)), head(emb, labels))
 
 
 def test_errors():
     head = build_head("cosface", 8, 5)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\)"):
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\); got range \[0, 5\]"):
         head(torch.randn(2, 8), torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\)"):
+        head(torch.randn(2, 8), torch.tensor([-1, 2]))
+    with pytest.raises(ValueError, match="integer"):
+        head(torch.randn(2, 8), torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"labels must be \(2,\)"):
+        head(torch.randn(2, 8), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match=r"\(N, 8\)"):
         head(torch.randn(2, 9), torch.tensor([0, 1]))
-    with pytest.raises(TypeError, match="marign"):
+    with pytest.raises(TypeError, match="no hyper-parameter 'marign'; it accepts: scale, margin, straight_through"):
         build_head("arcface", 8, 5, marign=0.3)
+    with pytest.raises(TypeError, match="'straight_through'"):
+        build_head("cosface", 8, 5, straight_through=True)
     with pytest.raises(KeyError, match="known: am_softmax, arcface, cosface"):
         build_head("nohead", 8, 5)
 
 
-def test_registry_aliases_and_weight_shape():
-    assert type(HEADS.get("cosface")) is type(HEADS.get("am_softmax"))
-    assert HEADS.get("cosface") is HEADS.get("am_softmax")
-    assert build_head("arcface", 12, 9).weight.shape == (9, 12)
+def test_registry_aliases_defaults_and_weight():
+    assert {"arcface", "cosface", "am_softmax"} <= set(HEADS.names())
+    assert HEADS.get("cosface") is HEADS.get("am_softmax") is CosFace
+    arc, cos = build_head("arcface", 12, 9), build_head("am_softmax", 12, 9)
+    assert isinstance(arc, ArcFace) and isinstance(cos, MarginHead)
+    assert (arc.scale, arc.margin, arc.straight_through) == (64.0, 0.5, False)
+    assert (cos.scale, cos.margin) == (64.0, 0.35)
+    assert arc.weight.shape == (9, 12)
+    torch.manual_seed(0)
+    big = build_head("cosface", 64, 1000)
+    assert big.weight.std().item() == pytest.approx(0.01, rel=0.02)
