@@ -89,9 +89,9 @@ class Trainer:
         self.ot_loss = self._build_ot_loss()
         self.validation = VerificationSuite(val_paths, image_size=cfg.model.input_size)
 
-        params = list(self.backbone.parameters()) + list(self.head.parameters())
+        self.params = list(self.backbone.parameters()) + list(self.head.parameters())
         self.optimizer = torch.optim.SGD(
-            params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+            self.params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
         )
         self.sampler = self._build_sampler()
         self.steps_per_epoch = len(self.sampler) // cfg.optim.grad_accum
@@ -252,8 +252,7 @@ class Trainer:
             if micro < accum:
                 continue
             if cfg.optim.grad_clip > 0:
-                nn.utils.clip_grad_norm_(
-                    list(self.backbone.parameters()) + list(self.head.parameters()), cfg.optim.grad_clip)
+                nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             st.batch_in_epoch += micro
