@@ -1,8 +1,8 @@
 """Margin-based softmax heads: logits s * f(cos theta) on L2-normalised features and weights.
 
-A head subclass only says how the cosine of the target class is changed
-(:meth:`MarginHead.margin_cos`); normalisation, scaling, float32 upcasting, label checks and the
-cross-entropy live here.
+A head subclass says how the cosine of the target class is changed (:meth:`MarginHead.margin_cos`)
+or, when negatives change too, how the whole cosine matrix is (:meth:`MarginHead.adjust`);
+normalisation, scaling, float32 upcasting, label checks and the cross-entropy live here.
 """
 
 from __future__ import annotations
@@ -63,6 +63,16 @@ class MarginHead(nn.Module):
         """(N,) cosines of the target classes -> (N,) margin-adjusted cosines. Identity here."""
         return cos_target
 
+    def adjust(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(N, C) cosines, (N,) int64 labels -> (N, C) adjusted cosines, before the scale.
+
+        Here only the target column changes, through :meth:`margin_cos`. Heads that also re-weight
+        negatives (CurricularFace, MV-Softmax) override this; a head with state (a running
+        statistic, an iteration count) updates it here, and only in training mode.
+        """
+        rows = torch.arange(cos.shape[0], device=cos.device)
+        return cos.index_put((rows, labels), self.margin_cos(cos[rows, labels]))
+
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(N, E) embeddings, (N,) labels -> (N, C) scaled, margin-adjusted logits (float32 or wider).
 
@@ -70,10 +80,7 @@ class MarginHead(nn.Module):
         """
         labels = self._checked_labels(embeddings, labels)
         with torch.autocast(embeddings.device.type, enabled=False):
-            cos = self.cosine(embeddings)
-            rows = torch.arange(cos.shape[0], device=cos.device)
-            target = self.margin_cos(cos[rows, labels])
-            return self.scale * cos.index_put((rows, labels), target)
+            return self.scale * self.adjust(self.cosine(embeddings), labels)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(N, E), (N,) -> scalar mean cross-entropy of :meth:`logits`."""
