@@ -35,8 +35,8 @@ class SynthSection:
     """The built-in synthetic face data set (used when ``data.root`` is empty)."""
 
     seed: int = _f(0, "seed of the synthetic identities, samples and pairs")
-    num_identities: int = _f(500, "training identities")
-    images_per_identity: int = _f(20, "training images per identity")
+    num_identities: int = _f(200, "training identities")
+    images_per_identity: int = _f(50, "training images per identity")
     num_pairs: int = _f(1000, "pairs in each verification protocol (easy and hard), half genuine")
     workers: int = _f(2, "processes used to render the images")
     cache_dir: str = _f("", "where generated sets are cached; empty: $OTFACE_CACHE or ~/.cache/otface")
@@ -77,7 +77,7 @@ class OTSection:
     grad: str = _f("envelope", "'envelope' (plan held fixed) or 'unrolled' (through the iterations)")
     margin: float = _f(0.0, "margin inside the hinge of Eq. 9")
     mining_margin: float = _f(0.0, "a group is hard when cos(a,p) + mining_margin < cos(a,n) (Eq. 1)")
-    max_groups: int = _f(0, "keep at most this many hardest groups per step; 0: all")
+    max_groups: int = _f(128, "keep at most this many hardest groups per micro-batch; 0: all (Algorithm 1)")
     reduction: str = _f("sum", "'sum' over hard groups (Eq. 9) or 'mean'")
     chunk_size: int = _f(256, "OT problems solved at once (bounds memory)")
 
@@ -89,8 +89,8 @@ class OptimSection:
     lr: float = _f(0.1, "base learning rate of SGD")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(5e-4, "SGD weight decay")
-    epochs: int = _f(2, "training epochs")
-    milestones: list = _f([1.5], "epochs at which the learning rate is multiplied by gamma")
+    epochs: int = _f(6, "training epochs")
+    milestones: list = _f([5], "epochs at which the learning rate is multiplied by gamma")
     gamma: float = _f(0.1, "learning-rate decay factor at each milestone")
     warmup_epochs: float = _f(0.0, "linear learning-rate warm-up, in epochs")
     grad_clip: float = _f(0.0, "clip the gradient norm to this value; 0: no clipping")

@@ -20,8 +20,8 @@ verification sets on identities disjoint from the training ones (their own seed 
 
 - ``synth_easy.bin`` (like LFW): mild nuisance, negatives are two unrelated identities;
 - ``synth_hard.bin`` (like CPLFW): large pose with the two images of every pair turned to
-  opposite sides, occlusion, harsh light, blur; negatives pair an identity with a look-alike (a
-  small perturbation of its genes with the same hair and skin).
+  opposite sides, occlusion, harsh light, blur, low resolution and heavy JPEG; negatives pair
+  two unrelated identities as in "easy", so the extra difficulty lies in the photos alone.
 
 Pairs alternate genuine / impostor, so every one of 10 contiguous folds is balanced. Every image
 is a pure function of (seed, split, identity or pair, image index): the output is byte-identical
@@ -48,12 +48,12 @@ from tqdm import tqdm
 from otface.data.binset import write_bin
 from otface.data.recordio import write_face_dataset
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LEVELS = ("train", "easy", "hard")
 SUPERSAMPLE = 2
 
 # Seed streams: every random draw comes from np.random.default_rng([seed, stream, split, ...]).
-_STREAM_IDENTITY, _STREAM_IMAGE, _STREAM_PAIR = 0, 1, 2
+_STREAM_IDENTITY, _STREAM_IMAGE = 0, 1
 _SPLITS = {"train": 0, "easy": 1, "hard": 2}
 
 GENES = (
@@ -78,8 +78,6 @@ GENES = (
     "beard_style", "beard_density", "freckles", "moles", "age", "glasses", "glasses_style",
 )
 _G = {name: i for i, name in enumerate(GENES)}
-# Genes a look-alike keeps unchanged: the categories and the spectacles habit.
-_CATEGORICAL = ("hair_style", "hair_color", "beard_style", "iris_color", "glasses", "glasses_style")
 
 _HAIR_STYLES = ("bald", "buzz", "short", "side_part", "fringe", "bob", "long", "curly", "bun", "receding")
 _HAIR_STYLE_P = np.array([0.05, 0.08, 0.18, 0.14, 0.1, 0.1, 0.14, 0.08, 0.06, 0.07])
@@ -175,21 +173,6 @@ def sample_identity(rng: np.random.Generator) -> Identity:
         genes[_G[name]] = _category_gene(genes[_G[name]], p)
     genes[_G["freckles"]] = max(0.0, genes[_G["freckles"]] * 1.6 - 0.6)
     genes[_G["glasses"]] **= 3  # the probability of wearing them in a photo
-    return Identity(genes, int(rng.integers(2**31)))
-
-
-def perturb_identity(identity: Identity, rng: np.random.Generator, strength: float = 0.12) -> Identity:
-    """A look-alike of ``identity`` (a sibling): continuous genes jittered by N(0, strength)
-    (reflected into [0, 1]), skin tone by a third of that, categories (hair style and colour,
-    beard, spectacles) kept, iris colour redrawn with probability 0.15, new skin marks."""
-    step = rng.normal(0.0, strength, len(GENES))
-    step[[_G[name] for name in _CATEGORICAL]] = 0.0
-    step[_G["skin_tone"]] /= 3
-    genes = np.abs(identity.genes + step)
-    genes = np.where(genes > 1.0, 2.0 - genes, genes)
-    u = rng.random(2)
-    if u[0] < 0.15:
-        genes[_G["iris_color"]] = _category_gene(u[1], _IRIS_P)
     return Identity(genes, int(rng.integers(2**31)))
 
 
@@ -1024,17 +1007,12 @@ def train_nuisance(seed: int, index: int, j: int) -> Nuisance:
 def protocol_pair(seed: int, level: str, k: int) -> tuple[Identity, Identity, Nuisance, Nuisance, bool]:
     """Pair ``k`` of the "easy" or "hard" protocol: (identity a, identity b, nuisance a,
     nuisance b, is-same). Even pairs are genuine, odd pairs impostors; identities come from the
-    protocol's own seed stream, never from the training one. In "hard", an impostor is a
-    look-alike of identity a and the two faces of every pair turn to opposite sides."""
+    protocol's own seed stream, never from the training one. In "hard" the two faces of every
+    pair turn to opposite sides."""
     split = _SPLITS[level]
     same = k % 2 == 0
     a = sample_identity(np.random.default_rng([seed, _STREAM_IDENTITY, split, 2 * k]))
-    if same:
-        b = a
-    elif level == "hard":
-        b = perturb_identity(a, np.random.default_rng([seed, _STREAM_PAIR, split, k]))
-    else:
-        b = sample_identity(np.random.default_rng([seed, _STREAM_IDENTITY, split, 2 * k + 1]))
+    b = a if same else sample_identity(np.random.default_rng([seed, _STREAM_IDENTITY, split, 2 * k + 1]))
     na = sample_nuisance(np.random.default_rng([seed, _STREAM_IMAGE, split, k, 0]), level)
     nb = sample_nuisance(np.random.default_rng([seed, _STREAM_IMAGE, split, k, 1]), level)
     if level == "hard" and na.yaw * nb.yaw > 0:

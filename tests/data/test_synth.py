@@ -117,12 +117,18 @@ def test_protocol_identities_are_disjoint_from_training():
                 assert np.linalg.norm(train - ident.genes, axis=1).min() > 0.3
 
 
-def test_hard_impostors_are_look_alikes():
-    def gene_gap(level):
-        return np.mean([np.linalg.norm(a.genes - b.genes)
-                        for a, b, *_ in (protocol_pair(0, level, k) for k in range(1, 80, 2))])
-
-    assert gene_gap("hard") < 0.5 * gene_gap("easy")
+def test_hard_pairs_turn_to_opposite_sides_and_impostors_are_other_people():
+    yaws = {"easy": [], "hard": []}
+    for level in yaws:
+        for k in range(60):
+            a, b, na, nb, same = protocol_pair(0, level, k)
+            assert (a is b) == same
+            if not same:
+                assert np.linalg.norm(a.genes - b.genes) > 0.5
+            yaws[level] += [abs(na.yaw), abs(nb.yaw)]
+            if level == "hard":
+                assert na.yaw * nb.yaw <= 0
+    assert max(yaws["easy"]) <= 18 and np.median(yaws["hard"]) > 35
 
 
 def test_hard_is_harder_than_easy_in_pixel_space():
