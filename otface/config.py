@@ -115,6 +115,8 @@ class Config:
     model: ModelSection = field(default_factory=ModelSection, metadata={"help": "backbone"})
     head: HeadSection = field(default_factory=HeadSection, metadata={"help": "margin-based softmax head"})
     ot: OTSection = field(default_factory=OTSection, metadata={"help": "OTFace optimal-transport loss"})
+    losses: dict = _f({}, "auxiliary losses added to the head's, {name: {weight: w, params: {...}}}; names: "
+                          "discface, center, triplet, contrastive (otface.losses.AUX_LOSSES)")
     optim: OptimSection = field(default_factory=OptimSection, metadata={"help": "optimiser and schedule"})
     train: TrainSection = field(default_factory=TrainSection, metadata={"help": "run control"})
 
@@ -187,20 +189,34 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return tree
 
 
+def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The nested dict of a YAML config file, with its ``base:`` file (a path relative to it,
+    itself possibly with a base) merged underneath: the file's own keys win."""
+    path = Path(path).resolve()
+    if path in _chain:
+        raise ConfigError(f"config {path}: circular base chain {' -> '.join(map(str, _chain + (path,)))}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read config {path}: {err}") from err
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config {path}: top level must be a mapping")
+    tree = dict(loaded or {})
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise ConfigError(f"config {path}: base must be a file path, got {base!r}")
+    return _merge(read_config_file(path.parent / base, _chain + (path,)), tree)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file at ``path`` (if any), then dotted ``overrides``.
+    """Defaults, then the YAML file at ``path`` (if any, with its ``base:`` chain), then dotted
+    ``overrides``.
 
     Raises ConfigError for an unknown key or a value of the wrong type.
     """
-    tree: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"cannot read config {path}: {err}") from err
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config {path}: top level must be a mapping")
-        tree = loaded or {}
+    tree = read_config_file(path) if path is not None else {}
     tree = _merge(tree, parse_overrides(overrides or []))
     cfg = _build(Config, tree)
     validate(cfg)
@@ -228,6 +244,13 @@ def validate(cfg: Config) -> None:
         checks.append((
             cfg.optim.batch_size % cfg.data.images_per_identity == 0,
             "optim.batch_size must be a multiple of data.images_per_identity with the pk sampler",
+        ))
+    for name, spec in cfg.losses.items():
+        checks.append((
+            isinstance(spec, dict) and set(spec) <= {"weight", "params"} and isinstance(spec.get("params", {}), dict)
+            and isinstance(spec.get("weight"), (int, float)) and not isinstance(spec.get("weight"), bool)
+            and spec["weight"] >= 0,
+            f"losses.{name} must be {{weight: number >= 0, params: {{...}}}}, got {spec!r}",
         ))
     errors = [msg for ok, msg in checks if not ok]
     if errors:

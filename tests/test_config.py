@@ -61,3 +61,32 @@ def test_every_key_is_documented():
     rows = list(describe())
     assert len(rows) == len({r[0] for r in rows}) > 30
     assert all(help_text for _, _, _, help_text in rows)
+
+
+def test_base_chain_merges_under_the_file(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "root.yaml").write_text(yaml.safe_dump({"optim": {"lr": 0.3, "epochs": 7}}))
+    (tmp_path / "recipes" / "mid.yaml").write_text(
+        yaml.safe_dump({"base": "root.yaml", "optim": {"epochs": 9}, "ot": {"weight": 0.0}}))
+    (tmp_path / "method.yaml").write_text(yaml.safe_dump({"base": "recipes/mid.yaml", "ot": {"weight": 2.0}}))
+    cfg = load_config(tmp_path / "method.yaml", ["optim.lr=0.01"])
+    assert (cfg.optim.lr, cfg.optim.epochs, cfg.ot.weight) == (0.01, 9, 2.0)
+
+
+def test_circular_or_bad_base_is_an_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="circular base"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: [x]\n")
+    with pytest.raises(ConfigError, match="base must be a file path"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "d.yaml")
+
+
+@pytest.mark.parametrize("spec", ["{weight: -1}", "{weight: true}", "{weigth: 1}", "3", "{weight: 1, params: 2}"])
+def test_bad_aux_loss_spec_is_an_error(spec):
+    with pytest.raises(ConfigError, match="losses.center must be"):
+        load_config(None, [f"losses.center={spec}"])

@@ -1,6 +1,37 @@
-"""Losses: OTFace's hard-group mining and optimal-transport loss (SPEC §1)."""
+"""Losses: OTFace's hard-group mining and optimal-transport loss (SPEC §1), and the auxiliary
+losses that combine with any head (SPEC §3): L = L_head + w_ot L_OT + sum_k w_k L_k.
+
+Adding an auxiliary loss: an ``nn.Module`` whose constructor takes what it needs among
+``embedding_size`` and ``num_classes`` plus keyword hyper-parameters, with
+``forward(embeddings, labels, head=None) -> scalar``, and one registration line below.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
 
 from otface.losses.mining import mine_hard_groups, unique_pairs
 from otface.losses.ot_loss import OTLoss, OTLossOutput
+from otface.registry import Registry
 
-__all__ = ["OTLoss", "OTLossOutput", "mine_hard_groups", "unique_pairs"]
+AUX_LOSSES: Registry[nn.Module] = Registry("auxiliary loss")
+
+
+def build_aux_loss(name: str, embedding_size: int, num_classes: int, **hyper: Any) -> nn.Module:
+    """Build the auxiliary loss ``name``; it receives ``embedding_size`` / ``num_classes`` if its
+    constructor names them. An unknown hyper-parameter is a TypeError listing the accepted ones."""
+    factory = AUX_LOSSES.get(name)
+    params = inspect.signature(factory).parameters
+    context = {k: v for k, v in (("embedding_size", embedding_size), ("num_classes", num_classes)) if k in params}
+    accepted = [p for p in params if p not in context]
+    unknown = sorted(set(hyper) - set(accepted))
+    if unknown:
+        raise TypeError(f"auxiliary loss {name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; "
+                        f"it accepts: {', '.join(accepted) or 'none'}")
+    return factory(**context, **hyper)
+
+
+__all__ = ["AUX_LOSSES", "OTLoss", "OTLossOutput", "build_aux_loss", "mine_hard_groups", "unique_pairs"]

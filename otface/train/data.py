@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from otface.config import DataSection, SynthSection
 from otface.data.synth import SynthConfig, generate_synthetic
+
+log = logging.getLogger("otface.train")
 
 
 def synth_cache_dir(section: SynthSection) -> Path:
@@ -46,6 +49,8 @@ def prepare_data(data: DataSection, progress: bool = True) -> tuple[Path, dict[s
         val = {"synth_easy": Path(paths["easy"]), "synth_hard": Path(paths["hard"])}
     if data.val_sets:
         val = {Path(p).stem: Path(p) for p in data.val_sets}
+    if not val:
+        log.warning("no verification sets (data.val_sets is empty): the run will report no accuracy")
     missing = [str(p) for p in val.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"validation set(s) not found: {', '.join(missing)}")

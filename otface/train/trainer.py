@@ -24,7 +24,7 @@ from otface.config import Config, save_config
 from otface.data.dataset import RecordDataset
 from otface.data.samplers import PKBatchSampler, RandomBatchSampler
 from otface.heads import build_head
-from otface.losses import OTLoss
+from otface.losses import OTLoss, build_aux_loss
 from otface.models import build_backbone
 from otface.train.checkpoint import load_checkpoint, save_checkpoint
 from otface.train.data import prepare_data
@@ -87,9 +87,15 @@ class Trainer:
             cfg.head.name, cfg.model.embedding_size, self.dataset.num_classes, **cfg.head.params
         ).to(self.device)
         self.ot_loss = self._build_ot_loss()
+        self.aux_losses = nn.ModuleDict({
+            name: build_aux_loss(name, embedding_size=cfg.model.embedding_size,
+                                 num_classes=self.dataset.num_classes, **spec.get("params", {}))
+            for name, spec in cfg.losses.items()
+        }).to(self.device)
+        self.aux_weights = {name: float(spec["weight"]) for name, spec in cfg.losses.items()}
         self.validation = VerificationSuite(val_paths, image_size=cfg.model.input_size)
 
-        self.params = list(self.backbone.parameters()) + list(self.head.parameters())
+        self.params = [p for m in (self.backbone, self.head, self.aux_losses) for p in m.parameters()]
         self.optimizer = torch.optim.SGD(
             self.params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
         )
@@ -142,6 +148,7 @@ class Trainer:
         state = {
             "backbone": self.backbone.state_dict(),
             "head": self.head.state_dict(),
+            "losses": self.aux_losses.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "train_state": vars(self.state),
             "torch_rng": torch.get_rng_state(),
@@ -154,6 +161,7 @@ class Trainer:
         ckpt = load_checkpoint(self.checkpoint_path())
         self.backbone.load_state_dict(ckpt["backbone"])
         self.head.load_state_dict(ckpt["head"])
+        self.aux_losses.load_state_dict(ckpt["losses"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = TrainState(**ckpt["train_state"])
         torch.set_rng_state(ckpt["torch_rng"])
@@ -175,19 +183,21 @@ class Trainer:
             group["lr"] = lr
         return lr
 
-    def _forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Total loss (Eq. 10) and its logged terms for one micro-batch."""
+    def _forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], int]:
+        """Total loss L_head + sum_k w_k L_k (Eq. 10 with the OT term), its terms, the hard groups."""
+        stages = [self.cfg.ot.stage] if self.ot_loss is not None else []
         with self._autocast():
-            if self.ot_loss is None:
-                emb = self.backbone(images)
-                head_loss = self.head(emb, labels)
-                return head_loss, {"head": head_loss.item(), "ot": 0.0, "groups": 0}
-            stage = self.cfg.ot.stage
-            emb, feats = self.backbone.forward_features(images, [stage])
-            head_loss = self.head(emb, labels)
-        ot = self.ot_loss(feats[stage], emb, labels)
-        total = head_loss + self.cfg.ot.weight * ot.loss
-        return total, {"head": head_loss.item(), "ot": ot.loss.item(), "groups": ot.num_groups}
+            emb, feats = self.backbone.forward_features(images, stages)
+            terms = {"head": self.head(emb, labels)}
+        weights = {"head": 1.0}
+        groups = 0
+        if self.ot_loss is not None:
+            ot = self.ot_loss(feats[self.cfg.ot.stage], emb, labels)
+            terms["ot"], weights["ot"], groups = ot.loss, self.cfg.ot.weight, ot.num_groups
+        for name, loss in self.aux_losses.items():
+            terms[name], weights[name] = loss(emb, labels, head=self.head), self.aux_weights[name]
+        total = sum(weights[k] * v for k, v in terms.items())
+        return total, {k: v.item() for k, v in terms.items()}, groups
 
     def train(self) -> dict[str, Any]:
         """Run (or continue) training to ``optim.epochs``, then evaluate; returns the results."""
@@ -214,7 +224,7 @@ class Trainer:
         accum = cfg.optim.grad_accum
         self.backbone.train()
         self.head.train()
-        window = {"loss": 0.0, "head": 0.0, "ot": 0.0, "groups": 0, "n": 0, "images": 0, "t": time.perf_counter()}
+        window = self._new_window()
         bad_in_row = 0
         micro = 0
         last = time.perf_counter()
@@ -225,7 +235,7 @@ class Trainer:
                 break
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
-            loss, terms = self._forward(images, labels)
+            loss, terms, groups = self._forward(images, labels)
             if not torch.isfinite(loss):
                 bad_in_row += 1
                 st.skipped_steps += 1
@@ -242,13 +252,13 @@ class Trainer:
             (loss / accum).backward()
             micro += 1
             window["loss"] += loss.item()
-            window["head"] += terms["head"]
-            window["ot"] += terms["ot"]
-            window["groups"] += terms["groups"]
+            for name, value in terms.items():
+                window["terms"][name] = window["terms"].get(name, 0.0) + value
+            window["groups"] += groups
             window["n"] += 1
             window["images"] += images.shape[0]
             st.images += images.shape[0]
-            st.hard_groups += terms["groups"]
+            st.hard_groups += groups
             if micro < accum:
                 continue
             if cfg.optim.grad_clip > 0:
@@ -268,21 +278,25 @@ class Trainer:
             if cfg.train.checkpoint_steps and st.step % cfg.train.checkpoint_steps == 0:
                 self.save()
 
+    @staticmethod
+    def _new_window() -> dict[str, Any]:
+        return {"loss": 0.0, "terms": {}, "groups": 0, "n": 0, "images": 0, "t": time.perf_counter()}
+
     def _log_window(self, window: dict[str, Any], lr: float, bar: tqdm) -> None:
         now = time.perf_counter()
         elapsed = now - window["t"]
         n = max(window["n"], 1)
+        terms = {f"{name}_loss": value / n for name, value in window["terms"].items()}
         row = {
-            "epoch": self.state.epoch, "step": self.state.step, "lr": lr,
-            "loss": window["loss"] / n, "head_loss": window["head"] / n, "ot_loss": window["ot"] / n,
+            "epoch": self.state.epoch, "step": self.state.step, "lr": lr, "loss": window["loss"] / n, **terms,
             "hard_groups": window["groups"] / n, "images_per_second": window["images"] / max(elapsed, 1e-9),
         }
         self.state.history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", groups=f"{row['hard_groups']:.1f}")
-        log.info("epoch %d step %d | lr %.4g | loss %.4f (head %.4f, ot %.4f) | hard groups %.1f | %.1f img/s",
-                 row["epoch"], row["step"], lr, row["loss"], row["head_loss"], row["ot_loss"],
-                 row["hard_groups"], row["images_per_second"])
-        window.update(loss=0.0, head=0.0, ot=0.0, groups=0, n=0, images=0, t=now)
+        parts = ", ".join(f"{name} {value / n:.4f}" for name, value in window["terms"].items())
+        log.info("epoch %d step %d | lr %.4g | loss %.4f (%s) | hard groups %.1f | %.1f img/s",
+                 row["epoch"], row["step"], lr, row["loss"], parts, row["hard_groups"], row["images_per_second"])
+        window.update(self._new_window())
 
     def _log_validation(self, results: dict[str, dict[str, Any]]) -> None:
         for name, r in results.items():

@@ -98,8 +98,8 @@ def test_non_finite_loss_is_skipped_and_counted(tmp_path, cache, monkeypatch):
 
     def sometimes_nan(images, labels):
         calls["n"] += 1
-        loss, terms = forward(images, labels)
-        return (loss * float("nan"), terms) if calls["n"] == 2 else (loss, terms)
+        loss, *rest = forward(images, labels)
+        return (loss * float("nan"), *rest) if calls["n"] == 2 else (loss, *rest)
 
     monkeypatch.setattr(trainer, "_forward", sometimes_nan)
     before = {k: v.clone() for k, v in trainer.backbone.state_dict().items()}
