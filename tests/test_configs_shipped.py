@@ -13,11 +13,14 @@ def test_configs_exist():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_config_is_valid(path):
-    from otface.heads import HEADS
+    from otface.heads import build_head
+    from otface.losses import build_aux_loss
     from otface.models import build_backbone
 
     cfg = load_config(path)
-    assert cfg.head.name in HEADS
+    build_head(cfg.head.name, cfg.model.embedding_size, 10, **cfg.head.params)
+    for name, spec in cfg.losses.items():
+        build_aux_loss(name, cfg.model.embedding_size, 10, **spec.get("params", {}))
     backbone = build_backbone(cfg.model.backbone, embedding_size=cfg.model.embedding_size, **cfg.model.params)
     if cfg.ot.weight > 0:
         assert cfg.ot.stage in backbone.stage_names

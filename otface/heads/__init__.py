@@ -1,7 +1,8 @@
-"""Margin-based softmax heads, built by name.
+"""Margin-based softmax heads, built by name (SPEC §2).
 
-Adding a head: subclass :class:`MarginHead`, override ``margin_cos(cos_target)``, and register
-it with one line below.
+Adding a head: subclass :class:`MarginHead`, override ``margin_cos(cos_target)`` (the target
+logit only) or ``adjust(cos, labels)`` (the whole cosine matrix), and register it with one line
+below. Its ``focal_`` and ``hm_`` variants then exist without further code.
 """
 
 from __future__ import annotations
@@ -11,27 +12,70 @@ from typing import Any
 
 from otface.heads.arcface import ArcFace
 from otface.heads.base import MarginHead
+from otface.heads.combined import CombinedMargin
 from otface.heads.cosface import CosFace
+from otface.heads.curricular import CurricularFace
+from otface.heads.focal import Focal
+from otface.heads.hard_mining import HardMining, MiningHead
+from otface.heads.normface import NormFace
+from otface.heads.softmax import Softmax
+from otface.heads.sphereface import SphereFace
 from otface.registry import Registry
 
 HEADS: Registry[MarginHead] = Registry("head")
-HEADS.register("arcface")(ArcFace)
+HEADS.register("softmax")(Softmax)
+HEADS.register("normface")(NormFace)
+HEADS.register("sphereface", "a_softmax")(SphereFace)
 HEADS.register("cosface", "am_softmax")(CosFace)
+HEADS.register("arcface")(ArcFace)
+HEADS.register("combined")(CombinedMargin)
+HEADS.register("curricular")(CurricularFace)
 
 
-def build_head(name: str, embedding_size: int, num_classes: int, **hyper: Any) -> MarginHead:
+def build_head(name: str, embedding_size: int, num_classes: int, **hyper: Any) -> MarginHead | MiningHead:
     """Build the head ``name`` with hyper-parameters such as ``scale`` and ``margin``.
 
-    Unset hyper-parameters take the head's paper defaults; an unknown one is a TypeError that
-    names it and lists those the head accepts.
+    ``focal_<head>`` and ``hm_<head>`` wrap any registered head in the focal loss
+    (:class:`~otface.heads.focal.Focal`, ``gamma``) or in HM-Softmax
+    (:class:`~otface.heads.hard_mining.HardMining`, ``ratio``); the other hyper-parameters go to the
+    wrapped head. A name both accept is written ``focal.gamma`` for the wrapper and
+    ``sphereface.gamma`` for the head. Wrappers do not stack.
+
+    Unset hyper-parameters take the paper defaults; an unknown one is a TypeError that names it and
+    lists those accepted.
     """
-    factory = HEADS.get(name)
-    accepted = list(inspect.signature(factory).parameters)[2:]  # after embedding_size, num_classes
-    unknown = sorted(set(hyper) - set(accepted))
+    wrappers = {"focal": Focal, "hm": HardMining}
+    prefix, sep, inner = name.partition("_")
+    wrapper = wrappers.get(prefix) if sep and name not in HEADS else None
+    if wrapper is None:
+        factory = HEADS.get(name)
+        route = {p: ("head", p) for p in list(inspect.signature(factory).parameters)[2:]}
+    else:
+        if inner not in HEADS:
+            forms = " or ".join(f"{w}_<name>" for w in wrappers)
+            if inner.partition("_")[0] in wrappers:
+                raise KeyError(f"head {name!r}: {prefix}_ cannot wrap {inner!r}, wrappers do not stack; "
+                               f"use {forms} with a registered head")
+            raise KeyError(f"unknown head {name!r}: {inner!r} is not registered; "
+                           f"known: {', '.join(HEADS.names())}")
+        factory = HEADS.get(inner)
+        own = list(inspect.signature(wrapper).parameters)[1:]  # after the wrapped head
+        theirs = list(inspect.signature(factory).parameters)[2:]  # after embedding_size, num_classes
+        route = {(f"{prefix}.{p}" if p in theirs else p): ("wrapper", p) for p in own}
+        route |= {(f"{inner}.{p}" if p in own else p): ("head", p) for p in theirs}
+    unknown = sorted(set(hyper) - set(route))
     if unknown:
         raise TypeError(f"head {name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; "
-                        f"it accepts: {', '.join(accepted)}")
-    return factory(embedding_size, num_classes, **hyper)
+                        f"it accepts: {', '.join(route)}")
+    kwargs: dict[str, dict[str, Any]] = {"head": {}, "wrapper": {}}
+    for key, value in hyper.items():
+        target, param = route[key]
+        kwargs[target][param] = value
+    head = factory(embedding_size, num_classes, **kwargs["head"])
+    return head if wrapper is None else wrapper(head, **kwargs["wrapper"])
 
 
-__all__ = ["HEADS", "MarginHead", "ArcFace", "CosFace", "build_head"]
+__all__ = [
+    "HEADS", "MarginHead", "MiningHead", "ArcFace", "CombinedMargin", "CosFace", "CurricularFace", "Focal",
+    "HardMining", "NormFace", "Softmax", "SphereFace", "build_head",
+]

@@ -154,7 +154,7 @@ def test_errors():
         build_head("arcface", 8, 5, marign=0.3)
     with pytest.raises(TypeError, match="'straight_through'"):
         build_head("cosface", 8, 5, straight_through=True)
-    with pytest.raises(KeyError, match="known: am_softmax, arcface, cosface"):
+    with pytest.raises(KeyError, match="known: a_softmax, am_softmax, arcface, combined, cosface"):
         build_head("nohead", 8, 5)
 
 

@@ -1,0 +1,186 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from otface.heads import HEADS, ArcFace, CosFace, MarginHead, build_head
+from otface.heads.focal import Focal
+
+
+def reference_logits(kind, emb, weight, labels, s, m):
+    """Float64 ArcFace / CosFace logits written from the papers (differentiable), independent of otface.heads."""
+    x, w = emb.double(), weight.double()
+    cos = (x / x.norm(dim=1, keepdim=True)) @ (w / w.norm(dim=1, keepdim=True)).t()
+    rows = []
+    for i, y in enumerate(labels.tolist()):
+        c = cos[i, y]
+        if kind == "arcface":  # cos(theta + m), insightface's c - m sin(m) once theta + m > pi
+            theta = torch.acos(c)
+            target = torch.cos(theta + m) if theta + m < math.pi else c - m * math.sin(m)
+        else:
+            target = c - m
+        rows.append(torch.cat([cos[i, :y], target.reshape(1), cos[i, y + 1:]]))
+    return s * torch.stack(rows)
+
+
+def reference_focal(logits, labels, gamma):
+    """mean_i (1 - p_i)^gamma * -log p_i, one sample at a time (focal loss Eq. 4)."""
+    terms = []
+    for i, y in enumerate(labels.tolist()):
+        log_p = logits[i, y] - torch.logsumexp(logits[i], 0)
+        terms.append((1 - torch.exp(log_p)) ** gamma * -log_p)
+    return torch.stack(terms).mean()
+
+
+def inputs(num_classes, embedding_size, weight, n=24, n_opposite=6, seed=0):
+    """Random embeddings and labels; the first ``n_opposite`` lie near the opposite of their class weight."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    emb = torch.randn(n, embedding_size, generator=g)
+    w = weight.detach()[labels[:n_opposite]]
+    emb[:n_opposite] = -w / w.norm(dim=1, keepdim=True) + 0.05 * torch.randn(n_opposite, embedding_size, generator=g)
+    return emb, labels
+
+
+@pytest.mark.parametrize("kind, s, m", [("arcface", 64.0, 0.5), ("cosface", 30.0, 0.35)])
+@pytest.mark.parametrize("gamma", [2.0, 0.5])
+def test_value_and_gradient_match_the_formula(kind, s, m, gamma):
+    torch.manual_seed(0)
+    head = build_head(f"focal_{kind}", 16, 7, gamma=gamma, scale=s, margin=m)
+    emb, labels = inputs(7, 16, head.weight)
+    if kind == "arcface":  # both branches are exercised
+        cos_y = F.cosine_similarity(emb, head.weight.detach()[labels])
+        assert (cos_y < math.cos(math.pi - m)).sum() >= 3 and (cos_y > math.cos(math.pi - m)).sum() >= 3
+    emb.requires_grad_(True)
+    loss = head(emb, labels)
+    loss.backward()
+
+    e64 = emb.detach().double().requires_grad_(True)
+    w64 = head.weight.detach().double().requires_grad_(True)
+    ref = reference_focal(reference_logits(kind, e64, w64, labels, s, m), labels, gamma)
+    ref.backward()
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(emb.grad.double(), e64.grad, rtol=1e-3, atol=1e-5 * e64.grad.abs().max().item())
+    torch.testing.assert_close(head.weight.grad.double(), w64.grad, rtol=1e-3,
+                               atol=1e-5 * w64.grad.abs().max().item())
+
+
+def test_focal_weight_is_below_one_so_loss_is_below_cross_entropy():
+    torch.manual_seed(1)
+    head = build_head("focal_cosface", 8, 5, scale=16.0)
+    emb, labels = inputs(5, 8, head.weight, n=12, n_opposite=3, seed=1)
+    assert 0 < head(emb, labels).item() < head.head(emb, labels).item()
+
+
+@pytest.mark.parametrize("kind", ["arcface", "cosface"])
+def test_gamma_zero_is_plain_cross_entropy(kind):
+    torch.manual_seed(2)
+    focal = build_head(f"focal_{kind}", 8, 5, gamma=0)
+    emb, labels = inputs(5, 8, focal.weight, n=12, n_opposite=3, seed=2)
+    e1, e2 = emb.clone().requires_grad_(True), emb.clone().requires_grad_(True)
+    loss = focal(e1, labels)
+    loss.backward()
+    grad_w = focal.weight.grad.clone()
+    focal.weight.grad = None
+    plain = F.cross_entropy(focal.head.logits(e2, labels), labels)  # the wrapped head's own loss
+    plain.backward()
+    torch.testing.assert_close(loss, plain)
+    torch.testing.assert_close(e1.grad, e2.grad)
+    torch.testing.assert_close(grad_w, focal.weight.grad)
+
+
+@pytest.mark.parametrize("kind, gamma", [("arcface", 2.0), ("cosface", 0.5)])
+def test_gradcheck_float64(kind, gamma):
+    torch.manual_seed(3)
+    head = build_head(f"focal_{kind}", 6, 4, gamma=gamma, scale=4.0).double()
+    emb, labels = inputs(4, 6, head.weight, n=6, n_opposite=2, seed=3)
+    emb = emb.double().requires_grad_(True)
+    weight = head.weight.detach().clone().requires_grad_(True)
+
+    def loss(e, w):
+        return torch.func.functional_call(head, {"head.weight": w}, (e, labels))
+
+    assert torch.autograd.gradcheck(loss, (emb, weight))
+
+
+@pytest.mark.parametrize("kind", ["arcface", "cosface"])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_finite_where_p_is_one_and_cos_is_minus_one(kind, gamma, sign):
+    head = build_head(f"focal_{kind}", 8, 4, gamma=gamma)  # s = 64
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(4, 8))  # orthogonal classes
+    labels = torch.tensor([0, 1, 2, 3])
+    emb = (sign * head.weight.detach()[labels]).requires_grad_(True)
+    if sign > 0:  # cos = 1 for the target, 0 elsewhere: p_y = 1 exactly in float32
+        assert (F.cross_entropy(head.logits(emb, labels), labels, reduction="none") == 0).all()
+    loss = head(emb, labels)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(emb.grad).all() and torch.isfinite(head.weight.grad).all()
+
+
+def test_bf16_autocast():
+    torch.manual_seed(4)
+    head = build_head("focal_arcface", 16, 10)
+    backbone = torch.nn.Linear(12, 16)
+    x, labels = torch.randn(8, 12), torch.randint(0, 10, (8,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        emb = backbone(x)
+        assert emb.dtype == torch.bfloat16
+        loss = head(emb, labels)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    torch.testing.assert_close(loss, head(emb.float(), labels))
+    loss.backward()
+    assert torch.isfinite(head.weight.grad).all() and torch.isfinite(backbone.weight.grad).all()
+
+
+@pytest.mark.parametrize("name, cls, margin", [("focal_arcface", ArcFace, 0.5), ("focal_cosface", CosFace, 0.35),
+                                                ("focal_am_softmax", CosFace, 0.35)])
+def test_build_by_name(name, cls, margin):
+    head = build_head(name, 12, 9)
+    assert isinstance(head, Focal) and type(head.head) is cls
+    assert head.gamma == 2.0 and (head.head.scale, head.head.margin) == (64.0, margin)
+    assert head.weight is head.head.weight and head.weight.shape == (9, 12)
+    assert (head.embedding_size, head.num_classes) == (12, 9)
+    assert [n for n, _ in head.named_parameters()] == ["head.weight"]
+    custom = build_head(name, 12, 9, gamma=1.5, scale=30.0, margin=0.2)
+    assert custom.gamma == 1.5 and (custom.head.scale, custom.head.margin) == (30.0, 0.2)
+
+
+class GammaHead(MarginHead):
+    """A head with a hyper-parameter named like the focal loss's."""
+
+    def __init__(self, embedding_size: int, num_classes: int, scale: float = 8.0, gamma: float = 0.1) -> None:
+        super().__init__(embedding_size, num_classes, scale)
+        self.gamma = gamma
+
+
+def test_a_name_both_accept_must_be_qualified(monkeypatch):
+    monkeypatch.setitem(HEADS._factories, "gammahead", GammaHead)
+    head = build_head("focal_gammahead", 4, 3, **{"focal.gamma": 1.0, "gammahead.gamma": 0.3, "scale": 2.0})
+    assert head.gamma == 1.0 and head.head.gamma == 0.3 and head.head.scale == 2.0
+    with pytest.raises(TypeError, match="no hyper-parameter 'gamma'; it accepts: focal.gamma, scale, gammahead.gamma"):
+        build_head("focal_gammahead", 4, 3, gamma=1.0)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="gamma must be finite and >= 0, got -1"):
+        build_head("focal_arcface", 8, 5, gamma=-1)
+    with pytest.raises(ValueError, match="gamma"):
+        build_head("focal_cosface", 8, 5, gamma=math.inf)
+    with pytest.raises(TypeError, match="head 'focal_arcface' has no hyper-parameter 'marign'; "
+                                        "it accepts: gamma, scale, margin, straight_through"):
+        build_head("focal_arcface", 8, 5, marign=0.3)
+    with pytest.raises(TypeError, match="'ratio'"):
+        build_head("focal_cosface", 8, 5, ratio=0.5)
+    with pytest.raises(KeyError, match="focal_ cannot wrap 'hm_arcface', wrappers do not stack"):
+        build_head("focal_hm_arcface", 8, 5)
+    with pytest.raises(KeyError, match="wrappers do not stack"):
+        build_head("focal_focal_cosface", 8, 5)
+    with pytest.raises(KeyError, match="unknown head 'focal_nohead': 'nohead' is not registered; known: a_softmax, am_softmax"):
+        build_head("focal_nohead", 8, 5)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\)"):
+        build_head("focal_arcface", 8, 5)(torch.randn(2, 8), torch.tensor([0, 5]))

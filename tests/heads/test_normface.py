@@ -1,0 +1,102 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from otface.heads.normface import NormFace
+
+
+def reference_logits(emb, weight, s):
+    """Float64 s * cos(theta_j), cosines written as plain loops."""
+    x, w = emb.detach().double().numpy(), weight.detach().double().numpy()
+    out = np.zeros((x.shape[0], w.shape[0]))
+    for i in range(x.shape[0]):
+        for j in range(w.shape[0]):
+            out[i, j] = s * x[i] @ w[j] / math.sqrt((x[i] @ x[i]) * (w[j] @ w[j]))
+    return out
+
+
+@pytest.mark.parametrize("s, learn", [(30.0, False), (16.0, False), (10.0, True)])
+def test_logits_and_loss_match_the_formula(s, learn):
+    torch.manual_seed(0)
+    head = NormFace(8, 6, scale=s, learn_scale=learn)
+    emb, labels = torch.randn(12, 8), torch.randint(0, 6, (12,))
+    ref = reference_logits(emb, head.weight, s)
+    got = head.logits(emb, labels)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.detach().double().numpy(), ref, atol=2e-5 * s)
+    ref_loss = F.cross_entropy(torch.from_numpy(ref), labels).item()
+    assert head(emb, labels).item() == pytest.approx(ref_loss, rel=1e-5)
+    np.testing.assert_allclose(head.double().logits(emb.double(), labels).detach().numpy(), ref, atol=1e-12 * s)
+
+
+def test_defaults_and_fixed_scale():
+    head = NormFace(8, 4)
+    assert head.scale == 30.0 and not head.learn_scale
+    assert list(dict(head.named_parameters())) == ["weight"] and list(head.state_dict()) == ["weight"]
+    assert repr(head) == "NormFace(embedding_size=8, num_classes=4, scale=30, learn_scale=False)"
+
+
+def test_learned_scale_is_a_parameter_with_the_analytic_gradient():
+    torch.manual_seed(1)
+    head = NormFace(8, 5, scale=10.0, learn_scale=True)
+    assert isinstance(head.scale, torch.nn.Parameter) and head.scale.item() == 10.0
+    assert set(head.state_dict()) == {"weight", "scale"}
+    emb, labels = torch.randn(7, 8), torch.randint(0, 5, (7,))
+    head(emb, labels).backward()
+    # d/ds mean_i CE(s cos_i, y_i) = mean_i sum_j (softmax(s cos_i)_j - [j = y_i]) cos_ij
+    cos = torch.from_numpy(reference_logits(emb, head.weight, 1.0))
+    p = (10.0 * cos).softmax(1)
+    expected = ((p - F.one_hot(labels, 5).double()) * cos).sum(1).mean().item()
+    assert head.scale.grad.item() == pytest.approx(expected, rel=1e-4)
+    # it trains, and it travels with the checkpoint
+    head.scale.data.fill_(12.5)
+    other = NormFace(8, 5, learn_scale=True)
+    other.load_state_dict(head.state_dict())
+    assert other.scale.item() == 12.5
+    torch.testing.assert_close(other.logits(emb, labels), head.logits(emb, labels))
+    assert "scale=12.5, learn_scale=True" in repr(other)
+
+
+@pytest.mark.parametrize("learn", [False, True])
+def test_gradcheck_float64(learn):
+    torch.manual_seed(2)
+    head = NormFace(6, 4, scale=4.0, learn_scale=learn).double()
+    emb = torch.randn(6, 6, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    params = {"weight": head.weight.detach().clone().requires_grad_(True)}
+    if learn:
+        params["scale"] = torch.tensor(4.0, dtype=torch.float64, requires_grad=True)
+    names = list(params)
+
+    def loss(e, *values):
+        return torch.func.functional_call(head, dict(zip(names, values)), (e, labels))
+
+    assert torch.autograd.gradcheck(loss, (emb, *params.values()))
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_finite_gradients_at_cos_plus_minus_one(sign, dtype):
+    head = NormFace(8, 3, learn_scale=True).to(dtype)
+    emb = (sign * head.weight.detach().clone()).requires_grad_(True)
+    loss = head(emb, torch.tensor([0, 1, 2]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(emb.grad).all()
+    assert torch.isfinite(head.weight.grad).all() and torch.isfinite(head.scale.grad)
+
+
+def test_bf16_autocast_gives_float32_logits():
+    torch.manual_seed(3)
+    head, backbone = NormFace(16, 10, learn_scale=True), torch.nn.Linear(12, 16)
+    x, labels = torch.randn(8, 12), torch.randint(0, 10, (8,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        emb = backbone(x)
+        logits, loss = head.logits(emb, labels), head(emb, labels)
+    assert emb.dtype == torch.bfloat16
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, head.logits(emb.float(), labels))
+    loss.backward()
+    assert torch.isfinite(head.scale.grad) and torch.isfinite(backbone.weight.grad).all()
