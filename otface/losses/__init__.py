@@ -13,11 +13,19 @@ from typing import Any
 
 from torch import nn
 
+from otface.losses.center import CenterLoss
+from otface.losses.contrastive import ContrastiveLoss
+from otface.losses.discface import DiscFaceLoss
 from otface.losses.mining import mine_hard_groups, unique_pairs
 from otface.losses.ot_loss import OTLoss, OTLossOutput
+from otface.losses.triplet import TripletLoss
 from otface.registry import Registry
 
 AUX_LOSSES: Registry[nn.Module] = Registry("auxiliary loss")
+AUX_LOSSES.register("discface")(DiscFaceLoss)
+AUX_LOSSES.register("center")(CenterLoss)
+AUX_LOSSES.register("triplet")(TripletLoss)
+AUX_LOSSES.register("contrastive")(ContrastiveLoss)
 
 
 def build_aux_loss(name: str, embedding_size: int, num_classes: int, **hyper: Any) -> nn.Module:
@@ -34,4 +42,7 @@ def build_aux_loss(name: str, embedding_size: int, num_classes: int, **hyper: An
     return factory(**context, **hyper)
 
 
-__all__ = ["AUX_LOSSES", "OTLoss", "OTLossOutput", "build_aux_loss", "mine_hard_groups", "unique_pairs"]
+__all__ = [
+    "AUX_LOSSES", "CenterLoss", "ContrastiveLoss", "DiscFaceLoss", "OTLoss", "OTLossOutput", "TripletLoss",
+    "build_aux_loss", "mine_hard_groups", "unique_pairs",
+]

@@ -107,3 +107,19 @@ def test_non_finite_loss_is_skipped_and_counted(tmp_path, cache, monkeypatch):
     assert results["train"]["skipped_steps"] == 1
     assert all(torch.isfinite(v.float()).all() for v in trainer.backbone.state_dict().values())
     assert any(not torch.equal(before[k], v) for k, v in trainer.backbone.state_dict().items())
+
+
+def test_auxiliary_losses_are_added_logged_and_checkpointed(tmp_path, cache):
+    extra = ["optim.epochs=1", "losses.center={weight: 0.01, params: {alpha: 0.5}}",
+             "losses.discface={weight: 0.2}", "losses.triplet={weight: 1.0, params: {mining: batch_hard}}"]
+    trainer, results = run(tmp_path, cache, *extra)
+    row = results["train"]["history"][-1]
+    assert {"head_loss", "ot_loss", "center_loss", "discface_loss", "triplet_loss"} <= set(row)
+    weights = {"head": 1.0, "ot": 1.0, "center": 0.01, "discface": 0.2, "triplet": 1.0}
+    assert row["loss"] == pytest.approx(sum(w * row[f"{k}_loss"] for k, w in weights.items()), rel=1e-5)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert torch.equal(ckpt["losses"]["center.centers"], trainer.aux_losses["center"].centers)
+    basis = dict(trainer.aux_losses["discface"].named_parameters())
+    assert basis and all(any(p is q for q in trainer.params) for p in basis.values())  # trained
+    with pytest.raises(KeyError, match="unknown auxiliary loss 'centre'"):
+        run(tmp_path / "bad", cache, "losses.centre={weight: 1.0}")
