@@ -15,8 +15,10 @@ from otface.heads.base import MarginHead
 from otface.heads.combined import CombinedMargin
 from otface.heads.cosface import CosFace
 from otface.heads.curricular import CurricularFace
+from otface.heads.elastic import ElasticArcFace, ElasticArcFacePlus, ElasticCosFace, ElasticCosFacePlus
 from otface.heads.focal import Focal
 from otface.heads.hard_mining import HardMining, MiningHead
+from otface.heads.mv_softmax import MVAMSoftmax, MVArcSoftmax
 from otface.heads.normface import NormFace
 from otface.heads.softmax import Softmax
 from otface.heads.sphereface import SphereFace
@@ -30,6 +32,12 @@ HEADS.register("cosface", "am_softmax")(CosFace)
 HEADS.register("arcface")(ArcFace)
 HEADS.register("combined")(CombinedMargin)
 HEADS.register("curricular")(CurricularFace)
+HEADS.register("elastic_arc")(ElasticArcFace)
+HEADS.register("elastic_cos")(ElasticCosFace)
+HEADS.register("elastic_arc_plus")(ElasticArcFacePlus)
+HEADS.register("elastic_cos_plus")(ElasticCosFacePlus)
+HEADS.register("mv_am")(MVAMSoftmax)
+HEADS.register("mv_arc")(MVArcSoftmax)
 
 
 def build_head(name: str, embedding_size: int, num_classes: int, **hyper: Any) -> MarginHead | MiningHead:
@@ -76,6 +84,7 @@ def build_head(name: str, embedding_size: int, num_classes: int, **hyper: Any) -
 
 
 __all__ = [
-    "HEADS", "MarginHead", "MiningHead", "ArcFace", "CombinedMargin", "CosFace", "CurricularFace", "Focal",
-    "HardMining", "NormFace", "Softmax", "SphereFace", "build_head",
+    "HEADS", "MarginHead", "MiningHead", "ArcFace", "CombinedMargin", "CosFace", "CurricularFace",
+    "ElasticArcFace", "ElasticArcFacePlus", "ElasticCosFace", "ElasticCosFacePlus", "Focal", "HardMining",
+    "MVAMSoftmax", "MVArcSoftmax", "NormFace", "Softmax", "SphereFace", "build_head",
 ]
