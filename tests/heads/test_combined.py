@@ -133,21 +133,6 @@ def test_finite_gradients_at_cos_plus_minus_one(m1, m2, m3, sign, dtype):
     assert torch.isfinite(loss) and torch.isfinite(emb.grad).all() and torch.isfinite(head.weight.grad).all()
 
 
-@pytest.mark.parametrize("m1", [1.0, 0.9])
-def test_bf16_autocast_gives_float32_logits(m1):
-    torch.manual_seed(4)
-    head, backbone = CombinedMargin(16, 10, m1=m1), torch.nn.Linear(12, 16)
-    x, labels = torch.randn(8, 12), torch.randint(0, 10, (8,))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        emb = backbone(x)
-        logits, loss = head.logits(emb, labels), head(emb, labels)
-    assert emb.dtype == torch.bfloat16
-    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
-    torch.testing.assert_close(logits, head.logits(emb.float(), labels))
-    loss.backward()
-    assert torch.isfinite(head.weight.grad).all() and torch.isfinite(backbone.weight.grad).all()
-
-
 def test_defaults_and_arguments():
     head = CombinedMargin(8, 4)
     assert (head.scale, head.m1, head.m2, head.m3) == (64.0, 1.0, 0.3, 0.2)

@@ -191,26 +191,6 @@ def test_finite_gradients_at_cos_plus_minus_one(sign, dtype):
     assert torch.isfinite(head.t)
 
 
-def test_bf16_autocast_gives_float32_logits():
-    torch.manual_seed(7)
-    head, backbone = CurricularFace(16, 10), torch.nn.Linear(12, 16)
-    head.t.fill_(0.3)
-    x, labels = torch.randn(8, 12), torch.randint(0, 10, (8,))
-    head.eval()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        emb = backbone(x)
-        logits, loss = head.logits(emb, labels), head(emb, labels)
-    assert emb.dtype == torch.bfloat16
-    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
-    torch.testing.assert_close(logits, head.logits(emb.float(), labels))
-    loss.backward()
-    assert torch.isfinite(head.weight.grad).all() and torch.isfinite(backbone.weight.grad).all()
-    head.train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        head(backbone(x), labels)
-    assert head.t.dtype == torch.float32 and torch.isfinite(head.t)
-
-
 def test_defaults_and_repr():
     head = CurricularFace(8, 4)
     assert isinstance(head, ArcFace)

@@ -171,25 +171,6 @@ def test_finite_values_and_gradients_at_cos_plus_minus_one(cls, sign, dtype):
     assert torch.isfinite(loss) and torch.isfinite(emb.grad).all() and torch.isfinite(head.weight.grad).all()
 
 
-@pytest.mark.parametrize("cls", HEADS)
-def test_bf16_autocast_gives_float32_logits(cls):
-    torch.manual_seed(15)
-    head, backbone = cls(16, 10), torch.nn.Linear(12, 16)
-    x, labels = torch.randn(8, 12), torch.randint(0, 10, (8,))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        emb = backbone(x)
-        torch.manual_seed(16)
-        logits = head.logits(emb, labels)
-        torch.manual_seed(16)
-        loss = head(emb, labels)
-    assert emb.dtype == torch.bfloat16
-    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
-    torch.manual_seed(16)
-    torch.testing.assert_close(logits, head.logits(emb.float(), labels))
-    loss.backward()
-    assert torch.isfinite(head.weight.grad).all() and torch.isfinite(backbone.weight.grad).all()
-
-
 def test_a_generator_reproduces_the_draw_and_leaves_the_global_rng_alone():
     torch.manual_seed(17)
     head = ElasticCosFace(8, 5, generator=torch.Generator().manual_seed(0))

@@ -122,21 +122,6 @@ def test_finite_where_p_is_one_and_cos_is_minus_one(kind, gamma, sign):
     assert torch.isfinite(emb.grad).all() and torch.isfinite(head.weight.grad).all()
 
 
-def test_bf16_autocast():
-    torch.manual_seed(4)
-    head = build_head("focal_arcface", 16, 10)
-    backbone = torch.nn.Linear(12, 16)
-    x, labels = torch.randn(8, 12), torch.randint(0, 10, (8,))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        emb = backbone(x)
-        assert emb.dtype == torch.bfloat16
-        loss = head(emb, labels)
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    torch.testing.assert_close(loss, head(emb.float(), labels))
-    loss.backward()
-    assert torch.isfinite(head.weight.grad).all() and torch.isfinite(backbone.weight.grad).all()
-
-
 @pytest.mark.parametrize("name, cls, margin", [("focal_arcface", ArcFace, 0.5), ("focal_cosface", CosFace, 0.35),
                                                 ("focal_am_softmax", CosFace, 0.35)])
 def test_build_by_name(name, cls, margin):

@@ -155,21 +155,6 @@ def test_finite_gradients_at_cos_plus_minus_one(kind, sign):
     assert torch.isfinite(emb.grad).all() and torch.isfinite(head.weight.grad).all()
 
 
-def test_bf16_autocast():
-    torch.manual_seed(4)
-    head = build_head("hm_arcface", 16, 10, ratio=0.5)
-    backbone = torch.nn.Linear(12, 16)
-    x, labels = torch.randn(8, 12), torch.randint(0, 10, (8,))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        emb = backbone(x)
-        assert emb.dtype == torch.bfloat16
-        loss = head(emb, labels)
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    torch.testing.assert_close(loss, head(emb.float(), labels))
-    loss.backward()
-    assert torch.isfinite(head.weight.grad).all() and torch.isfinite(backbone.weight.grad).all()
-
-
 @pytest.mark.parametrize("name, cls, margin", [("hm_arcface", ArcFace, 0.5), ("hm_cosface", CosFace, 0.35),
                                                 ("hm_am_softmax", CosFace, 0.35)])
 def test_build_by_name(name, cls, margin):

@@ -112,23 +112,6 @@ def test_straight_through_keeps_values_and_gives_the_plain_cosine_gradient():
     assert not torch.allclose(e2.grad, expected, rtol=1e-2, atol=1e-4)
 
 
-def test_bf16_autocast_gives_float32_logits():
-    torch.manual_seed(3)
-    head = build_head("arcface", 16, 10)
-    backbone = torch.nn.Linear(12, 16)
-    x = torch.randn(8, 12)
-    labels = torch.randint(0, 10, (8,))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        emb = backbone(x)
-        assert emb.dtype == torch.bfloat16
-        logits = head.logits(emb, labels)
-        loss = head(emb, labels)
-    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
-    torch.testing.assert_close(logits, head.logits(emb.float(), labels))
-    loss.backward()
-    assert torch.isfinite(head.weight.grad).all() and torch.isfinite(backbone.weight.grad).all()
-
-
 @pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.int64])
 def test_integer_label_dtypes_index_not_mask(dtype):
     head = build_head("cosface", 4, 3)
@@ -169,3 +152,28 @@ def test_registry_aliases_defaults_and_weight():
     torch.manual_seed(0)
     big = build_head("cosface", 64, 1000)
     assert big.weight.std().item() == pytest.approx(0.01, rel=0.02)
+
+
+BF16_HEADS = HEADS.names() + ["focal_arcface", "hm_cosface", "focal_sphereface"]
+
+
+@pytest.mark.parametrize("name", BF16_HEADS)
+def test_bf16_autocast_gives_float32_logits(name):
+    """Every head, under bf16 autocast: float32 logits equal to those of the upcast embeddings
+    (evaluation mode: no random margins, no state update), finite loss and gradients in both modes."""
+    torch.manual_seed(3)
+    head, backbone = build_head(name, 16, 10), torch.nn.Linear(12, 16)
+    x, labels = torch.randn(8, 12), torch.randint(0, 10, (8,))
+    for training in (False, True):
+        head.train(training)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            emb = backbone(x)
+            logits, loss = head.logits(emb, labels), head(emb, labels)
+        assert emb.dtype == torch.bfloat16
+        assert logits.dtype == torch.float32 and torch.isfinite(logits).all() and torch.isfinite(loss)
+        if not training:
+            torch.testing.assert_close(logits, head.logits(emb.float(), labels))
+        loss.backward()
+        assert torch.isfinite(head.weight.grad).all() and torch.isfinite(backbone.weight.grad).all()
+        head.zero_grad()
+        backbone.zero_grad()

@@ -139,21 +139,6 @@ def test_finite_values_and_gradients_at_cos_plus_minus_one(cls, adaptive, sign, 
     assert torch.isfinite(loss) and torch.isfinite(emb.grad).all() and torch.isfinite(head.weight.grad).all()
 
 
-@pytest.mark.parametrize("cls", [MVAMSoftmax, MVArcSoftmax])
-def test_bf16_autocast_gives_float32_logits(cls):
-    torch.manual_seed(3)
-    head, backbone = cls(16, 10), torch.nn.Linear(12, 16)
-    x, labels = torch.randn(8, 12), torch.randint(0, 10, (8,))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        emb = backbone(x)
-        logits, loss = head.logits(emb, labels), head(emb, labels)
-    assert emb.dtype == torch.bfloat16
-    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
-    torch.testing.assert_close(logits, head.logits(emb.float(), labels))
-    loss.backward()
-    assert torch.isfinite(head.weight.grad).all() and torch.isfinite(backbone.weight.grad).all()
-
-
 def test_defaults_validation_and_repr():
     am, arc = MVAMSoftmax(8, 4), MVArcSoftmax(8, 4)
     assert isinstance(am, CosFace) and isinstance(arc, ArcFace)

@@ -86,17 +86,3 @@ def test_finite_gradients_at_cos_plus_minus_one(sign, dtype):
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(emb.grad).all()
     assert torch.isfinite(head.weight.grad).all() and torch.isfinite(head.scale.grad)
-
-
-def test_bf16_autocast_gives_float32_logits():
-    torch.manual_seed(3)
-    head, backbone = NormFace(16, 10, learn_scale=True), torch.nn.Linear(12, 16)
-    x, labels = torch.randn(8, 12), torch.randint(0, 10, (8,))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        emb = backbone(x)
-        logits, loss = head.logits(emb, labels), head(emb, labels)
-    assert emb.dtype == torch.bfloat16
-    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
-    torch.testing.assert_close(logits, head.logits(emb.float(), labels))
-    loss.backward()
-    assert torch.isfinite(head.scale.grad) and torch.isfinite(backbone.weight.grad).all()

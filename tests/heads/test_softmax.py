@@ -53,20 +53,6 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(loss, (emb, w, b))
 
 
-def test_bf16_autocast_gives_float32_logits():
-    torch.manual_seed(2)
-    head, backbone = Softmax(16, 10), torch.nn.Linear(12, 16)
-    x, labels = torch.randn(8, 12), torch.randint(0, 10, (8,))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        emb = backbone(x)
-        assert emb.dtype == torch.bfloat16
-        logits, loss = head.logits(emb, labels), head(emb, labels)
-    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
-    torch.testing.assert_close(logits, head.logits(emb.float(), labels))
-    loss.backward()
-    assert torch.isfinite(head.weight.grad).all() and torch.isfinite(backbone.weight.grad).all()
-
-
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_finite_at_cos_plus_minus_one(sign):
     head = Softmax(8, 3)
