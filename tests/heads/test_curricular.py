@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from otface.heads.arcface import ArcFace
 from otface.heads.curricular import CurricularFace
+from support.embeddings import labelled_embeddings
 
 
 def reference_step(emb, weight, labels, s, m, t_prev, momentum=0.01):
@@ -30,16 +31,7 @@ def reference_step(emb, weight, labels, s, m, t_prev, momentum=0.01):
 
 
 def inputs(head, n=40, n_close=10, n_opposite=6, seed=0):
-    """Random embeddings; ``n_close`` near their class (few hard negatives), ``n_opposite`` near the
-    opposite of it (theta + m > pi), the rest random (many hard negatives)."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, head.num_classes, (n,), generator=g)
-    emb = torch.randn(n, head.embedding_size, generator=g)
-    w = F.normalize(head.weight.detach()[labels], dim=1)
-    k = n_close + n_opposite
-    sign = torch.cat([torch.ones(n_close), -torch.ones(n_opposite)]).unsqueeze(1)
-    emb[:k] = sign * w[:k] + 0.3 * torch.randn(k, head.embedding_size, generator=g) / head.embedding_size ** 0.5
-    return emb, labels
+    return labelled_embeddings(head, n, n_close, n_opposite, 0.3 / head.embedding_size**0.5, seed)
 
 
 def test_logits_and_t_follow_the_authors_rule_step_by_step():

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from otface.heads import HEADS, ArcFace, CosFace, MarginHead, build_head
 from otface.heads.focal import Focal
+from support.embeddings import labelled_embeddings
 
 
 def reference_logits(kind, emb, weight, labels, s, m):
@@ -33,22 +34,12 @@ def reference_focal(logits, labels, gamma):
     return torch.stack(terms).mean()
 
 
-def inputs(num_classes, embedding_size, weight, n=24, n_opposite=6, seed=0):
-    """Random embeddings and labels; the first ``n_opposite`` lie near the opposite of their class weight."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, num_classes, (n,), generator=g)
-    emb = torch.randn(n, embedding_size, generator=g)
-    w = weight.detach()[labels[:n_opposite]]
-    emb[:n_opposite] = -w / w.norm(dim=1, keepdim=True) + 0.05 * torch.randn(n_opposite, embedding_size, generator=g)
-    return emb, labels
-
-
 @pytest.mark.parametrize("kind, s, m", [("arcface", 64.0, 0.5), ("cosface", 30.0, 0.35)])
 @pytest.mark.parametrize("gamma", [2.0, 0.5])
 def test_value_and_gradient_match_the_formula(kind, s, m, gamma):
     torch.manual_seed(0)
     head = build_head(f"focal_{kind}", 16, 7, gamma=gamma, scale=s, margin=m)
-    emb, labels = inputs(7, 16, head.weight)
+    emb, labels = labelled_embeddings(head, n=24, n_opposite=6)
     if kind == "arcface":  # both branches are exercised
         cos_y = F.cosine_similarity(emb, head.weight.detach()[labels])
         assert (cos_y < math.cos(math.pi - m)).sum() >= 3 and (cos_y > math.cos(math.pi - m)).sum() >= 3
@@ -70,7 +61,7 @@ def test_value_and_gradient_match_the_formula(kind, s, m, gamma):
 def test_focal_weight_is_below_one_so_loss_is_below_cross_entropy():
     torch.manual_seed(1)
     head = build_head("focal_cosface", 8, 5, scale=16.0)
-    emb, labels = inputs(5, 8, head.weight, n=12, n_opposite=3, seed=1)
+    emb, labels = labelled_embeddings(head, n=12, n_opposite=3, seed=1)
     assert 0 < head(emb, labels).item() < head.head(emb, labels).item()
 
 
@@ -78,7 +69,7 @@ def test_focal_weight_is_below_one_so_loss_is_below_cross_entropy():
 def test_gamma_zero_is_plain_cross_entropy(kind):
     torch.manual_seed(2)
     focal = build_head(f"focal_{kind}", 8, 5, gamma=0)
-    emb, labels = inputs(5, 8, focal.weight, n=12, n_opposite=3, seed=2)
+    emb, labels = labelled_embeddings(focal, n=12, n_opposite=3, seed=2)
     e1, e2 = emb.clone().requires_grad_(True), emb.clone().requires_grad_(True)
     loss = focal(e1, labels)
     loss.backward()
@@ -95,7 +86,7 @@ def test_gamma_zero_is_plain_cross_entropy(kind):
 def test_gradcheck_float64(kind, gamma):
     torch.manual_seed(3)
     head = build_head(f"focal_{kind}", 6, 4, gamma=gamma, scale=4.0).double()
-    emb, labels = inputs(4, 6, head.weight, n=6, n_opposite=2, seed=3)
+    emb, labels = labelled_embeddings(head, n=6, n_opposite=2, seed=3)
     emb = emb.double().requires_grad_(True)
     weight = head.weight.detach().clone().requires_grad_(True)
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from otface.heads import ArcFace, CosFace, MarginHead, build_head
 from otface.heads.focal import Focal
 from otface.heads.hard_mining import HardMining, num_hardest
+from support.embeddings import labelled_embeddings
 
 
 def reference_logits(kind, emb, weight, labels, s, m):
@@ -35,16 +36,6 @@ def hardest_by_hand(ce, k):
     return sorted(range(len(ce)), key=lambda i: (-ce[i], i))[:k]
 
 
-def inputs(num_classes, embedding_size, weight, n=24, n_opposite=6, seed=0):
-    """Random embeddings and labels; the first ``n_opposite`` lie near the opposite of their class weight."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, num_classes, (n,), generator=g)
-    emb = torch.randn(n, embedding_size, generator=g)
-    w = weight.detach()[labels[:n_opposite]]
-    emb[:n_opposite] = -w / w.norm(dim=1, keepdim=True) + 0.05 * torch.randn(n_opposite, embedding_size, generator=g)
-    return emb, labels
-
-
 class CountingHead(MarginHead):
     """NormFace with a state buffer counting its training-mode adjust calls."""
 
@@ -63,7 +54,7 @@ class CountingHead(MarginHead):
 def test_value_gradient_and_selection_match_sorting_by_hand(kind, s, m, ratio, kept):
     torch.manual_seed(0)
     head = build_head(f"hm_{kind}", 16, 7, ratio=ratio, scale=s, margin=m)
-    emb, labels = inputs(7, 16, head.weight, n=40, n_opposite=8)
+    emb, labels = labelled_embeddings(head, n=40, n_opposite=8)
     emb.requires_grad_(True)
     loss = head(emb, labels)
     loss.backward()
@@ -86,7 +77,7 @@ def test_value_gradient_and_selection_match_sorting_by_hand(kind, s, m, ratio, k
 def test_ratio_one_is_plain_cross_entropy(kind):
     torch.manual_seed(1)
     hm = build_head(f"hm_{kind}", 8, 5, ratio=1.0)
-    emb, labels = inputs(5, 8, hm.weight, n=12, n_opposite=3, seed=1)
+    emb, labels = labelled_embeddings(hm, n=12, n_opposite=3, seed=1)
     e1, e2 = emb.clone().requires_grad_(True), emb.clone().requires_grad_(True)
     loss = hm(e1, labels)
     loss.backward()
@@ -102,7 +93,7 @@ def test_ratio_one_is_plain_cross_entropy(kind):
 def test_at_least_one_sample_is_kept():
     torch.manual_seed(2)
     hm = build_head("hm_cosface", 8, 5, ratio=0.01)
-    emb, labels = inputs(5, 8, hm.weight, n=5, n_opposite=1, seed=2)
+    emb, labels = labelled_embeddings(hm, n=5, n_opposite=1, seed=2)
     ce = reference_ce(reference_logits("cosface", emb, hm.weight.detach(), labels, 64.0, 0.35), labels)
     assert hm(emb, labels).item() == pytest.approx(ce.max().item(), rel=1e-5)
 
@@ -133,7 +124,7 @@ def test_number_kept(batch, ratio, kept):
 def test_gradcheck_float64(kind):
     torch.manual_seed(3)
     head = build_head(f"hm_{kind}", 6, 4, ratio=0.5, scale=4.0).double()
-    emb, labels = inputs(4, 6, head.weight, n=6, n_opposite=2, seed=3)
+    emb, labels = labelled_embeddings(head, n=6, n_opposite=2, seed=3)
     emb = emb.double().requires_grad_(True)
     weight = head.weight.detach().clone().requires_grad_(True)
 

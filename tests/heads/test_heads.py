@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from otface.heads import HEADS, ArcFace, CosFace, MarginHead, build_head
+from support.embeddings import labelled_embeddings
 
 
 def reference_logits(kind, emb, weight, labels, s, m):
@@ -28,24 +29,12 @@ def reference_logits(kind, emb, weight, labels, s, m):
     return s * out
 
 
-def inputs_with_large_angles(head, n=40, n_opposite=8, seed=0):
-    """Random embeddings and labels; the first ``n_opposite`` lie near the opposite of their class
-    weight, so that theta + m > pi there."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, head.num_classes, (n,), generator=g)
-    emb = torch.randn(n, head.embedding_size, generator=g)
-    w = head.weight.detach()[labels[:n_opposite]]
-    noise = 0.05 * torch.randn(n_opposite, head.embedding_size, generator=g)
-    emb[:n_opposite] = -w / w.norm(dim=1, keepdim=True) + noise
-    return emb, labels
-
-
 @pytest.mark.parametrize("name, s, m", [("arcface", 64.0, 0.5), ("arcface", 30.0, 1.2), ("cosface", 64.0, 0.35),
                                         ("am_softmax", 30.0, 0.4)])
 def test_logits_and_loss_match_the_formula(name, s, m):
     torch.manual_seed(0)
     head = build_head(name, 16, 7, scale=s, margin=m)
-    emb, labels = inputs_with_large_angles(head)
+    emb, labels = labelled_embeddings(head)
     kind = "arcface" if name == "arcface" else "cosface"
     ref = reference_logits(kind, emb, head.weight, labels, s, m)
     if kind == "arcface":  # both branches are exercised
@@ -65,7 +54,7 @@ def test_logits_and_loss_match_the_formula(name, s, m):
 def test_gradcheck_float64(name, m):
     torch.manual_seed(1)
     head = build_head(name, 6, 4, scale=4.0, margin=m).double()
-    emb, labels = inputs_with_large_angles(head, n=6, n_opposite=2, seed=1)
+    emb, labels = labelled_embeddings(head, n=6, n_opposite=2, seed=1)
     emb = emb.double().requires_grad_(True)
     weight = head.weight.detach().clone().requires_grad_(True)
 
@@ -94,7 +83,7 @@ def test_straight_through_keeps_values_and_gives_the_plain_cosine_gradient():
     true = build_head("arcface", 8, 4, scale=s, margin=m)
     st = build_head("arcface", 8, 4, scale=s, margin=m, straight_through=True)
     st.load_state_dict(true.state_dict())
-    emb, labels = inputs_with_large_angles(true, n=10, n_opposite=2, seed=2)
+    emb, labels = labelled_embeddings(true, n=10, n_opposite=2, seed=2)
     torch.testing.assert_close(true.logits(emb, labels), st.logits(emb, labels))
 
     # arcface_torch (margin under no_grad): dL/dcos = s * (softmax(margin logits) - onehot) / N

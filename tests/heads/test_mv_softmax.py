@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from otface.heads.arcface import ArcFace
 from otface.heads.cosface import CosFace
 from otface.heads.mv_softmax import MVAMSoftmax, MVArcSoftmax
+from support.embeddings import labelled_embeddings
 
 VARIANTS = [(MVAMSoftmax, True), (MVAMSoftmax, False), (MVArcSoftmax, True), (MVArcSoftmax, False)]
 
@@ -36,16 +37,7 @@ def reference_logits(arc, emb, weight, labels, s, m, t, adaptive):
 
 
 def inputs(head, n=40, n_close=10, n_opposite=6, seed=0):
-    """Random embeddings; ``n_close`` near their class (few mis-classified negatives), ``n_opposite``
-    near the opposite of it (theta + m > pi), the rest random (many)."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, head.num_classes, (n,), generator=g)
-    emb = torch.randn(n, head.embedding_size, generator=g)
-    w = F.normalize(head.weight.detach()[labels], dim=1)
-    k = n_close + n_opposite
-    sign = torch.cat([torch.ones(n_close), -torch.ones(n_opposite)]).unsqueeze(1)
-    emb[:k] = sign * w[:k] + 0.3 * torch.randn(k, head.embedding_size, generator=g) / head.embedding_size ** 0.5
-    return emb, labels
+    return labelled_embeddings(head, n, n_close, n_opposite, 0.3 / head.embedding_size**0.5, seed)
 
 
 @pytest.mark.parametrize("cls, adaptive", VARIANTS)

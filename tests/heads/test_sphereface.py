@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from otface.heads.sphereface import SphereFace, a_softmax_psi
+from support.embeddings import labelled_embeddings
 
 
 def reference_psi(c, m):
@@ -33,15 +34,10 @@ def reference_logits(emb, weight, labels, m, lam):
 
 
 def inputs(head, n=24, n_opposite=6, seed=0):
-    """Embeddings of norm ~ 3 to 10; the first ``n_opposite`` point away from their class (theta near pi)."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, head.num_classes, (n,), generator=g)
-    emb = torch.randn(n, head.embedding_size, generator=g)
-    w = head.weight.detach()[labels[:n_opposite]]
-    noise = 0.05 * torch.randn(n_opposite, head.embedding_size, generator=g)
-    emb[:n_opposite] = -w / w.norm(dim=1, keepdim=True) + noise
-    emb = emb / emb.norm(dim=1, keepdim=True) * (3 + 7 * torch.rand(n, 1, generator=g))
-    return emb, labels
+    """Embeddings of norm 3 to 10; the first ``n_opposite`` point away from their class (theta near pi)."""
+    emb, labels = labelled_embeddings(head, n, 0, n_opposite, 0.05, seed)
+    norms = 3 + 7 * torch.rand(n, 1, generator=torch.Generator().manual_seed(seed))
+    return emb / emb.norm(dim=1, keepdim=True) * norms, labels
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 4])

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from otface.losses import OTLoss, OTLossOutput, mine_hard_groups
+from support.sinkhorn import reference_sinkhorn
 
 EPS, ITERS = 0.1, 40
 
@@ -13,14 +14,7 @@ def reference_ot(m1: np.ndarray, m2: np.ndarray, eps: float, iters: int) -> floa
     x, y = m1.reshape(m1.shape[0], -1).T, m2.reshape(m2.shape[0], -1).T
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     y = y / np.linalg.norm(y, axis=1, keepdims=True)
-    cost = 1.0 - x @ y.T
-    n, m = cost.shape
-    kernel = np.exp(-cost / eps)
-    u = np.ones(n)
-    for _ in range(iters):
-        v = (1 / m) / (kernel.T @ u)
-        u = (1 / n) / (kernel @ v)
-    return float(((u[:, None] * kernel * v[None, :]) * cost).sum())
+    return reference_sinkhorn(1.0 - x @ y.T, eps, iters)[0]
 
 
 def inputs(n=16, classes=4, channels=8, hw=3, seed=0):

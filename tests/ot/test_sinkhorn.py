@@ -8,6 +8,7 @@ from scipy.optimize import linear_sum_assignment, linprog
 
 from otface.ot import cosine_cost, cosine_sinkhorn, sinkhorn, sinkhorn_plan, sinkhorn_potentials
 from otface.ot.sinkhorn import TOL_CHECK_EVERY
+from support.sinkhorn import reference_sinkhorn
 
 sinkhorn_module = importlib.import_module("otface.ot.sinkhorn")  # the package attribute is the function
 
@@ -28,18 +29,6 @@ def clouds(batch, n, m, d=8, seed=0, dtype=torch.float64):
 def costs(batch, n, m, seed=0, dtype=torch.float64):
     """Cosine costs of random clouds: values in [0, 2]."""
     return cosine_cost(*clouds(batch, n, m, seed=seed)).to(dtype)
-
-
-def reference_sinkhorn(cost: np.ndarray, eps: float, iters: int) -> tuple[float, np.ndarray]:
-    """Plain kernel-domain Sinkhorn in float64 (Eq. 7-8): u^0 = 1, v = b / K^T u, u = a / K v."""
-    n, m = cost.shape
-    kernel = np.exp(-cost / eps)
-    u = np.ones(n)
-    for _ in range(iters):
-        v = (1 / m) / (kernel.T @ u)
-        u = (1 / n) / (kernel @ v)
-    plan = u[:, None] * kernel * v[None, :]
-    return float((plan * cost).sum()), plan
 
 
 def exact_ot(cost: np.ndarray) -> float:
