@@ -74,20 +74,22 @@ def test_value_gradient_and_selection_match_sorting_by_hand(kind, s, m, ratio, k
 
 
 @pytest.mark.parametrize("kind", ["arcface", "cosface"])
-def test_ratio_one_is_plain_cross_entropy(kind):
+@pytest.mark.parametrize("wrapper, neutral", [("hm", {"ratio": 1.0}), ("focal", {"gamma": 0.0})])
+def test_neutral_setting_is_plain_cross_entropy(kind, wrapper, neutral):
+    """hm_ with ratio 1 and focal_ with gamma 0 are the wrapped head's own loss, value and gradients."""
     torch.manual_seed(1)
-    hm = build_head(f"hm_{kind}", 8, 5, ratio=1.0)
-    emb, labels = labelled_embeddings(hm, n=12, n_opposite=3, seed=1)
+    head = build_head(f"{wrapper}_{kind}", 8, 5, **neutral)
+    emb, labels = labelled_embeddings(head, n=12, n_opposite=3, seed=1)
     e1, e2 = emb.clone().requires_grad_(True), emb.clone().requires_grad_(True)
-    loss = hm(e1, labels)
+    loss = head(e1, labels)
     loss.backward()
-    grad_w = hm.weight.grad.clone()
-    hm.weight.grad = None
-    plain = F.cross_entropy(hm.head.logits(e2, labels), labels)  # the wrapped head's own loss
+    grad_w = head.weight.grad.clone()
+    head.weight.grad = None
+    plain = F.cross_entropy(head.head.logits(e2, labels), labels)  # the wrapped head's own loss
     plain.backward()
     torch.testing.assert_close(loss, plain)
     torch.testing.assert_close(e1.grad, e2.grad)
-    torch.testing.assert_close(grad_w, hm.weight.grad)
+    torch.testing.assert_close(grad_w, head.weight.grad)
 
 
 def test_at_least_one_sample_is_kept():
