@@ -9,6 +9,22 @@ import torch
 from otface.heads.base import MarginHead
 
 
+def additive_angular_margin(cos_target: torch.Tensor, margin: float | torch.Tensor) -> torch.Tensor:
+    """(N,) target cosines, a margin m (a number, or (N,) per sample) -> (N,) cos(theta + m).
+
+    Where theta + m >= pi (cos theta <= cos(pi - m)) the target falls back to cos(theta) - m sin(m),
+    so that it keeps decreasing in theta; a negative margin never reaches pi. A number is applied
+    with Python floats, so every head with a fixed margin gets bit-identical values.
+    """
+    trig = torch if isinstance(margin, torch.Tensor) else math
+    cos_m, sin_m = trig.cos(margin), trig.sin(margin)
+    # sin(theta) from cos(theta); the clamp keeps the gradient finite at cos = +-1
+    sin = torch.sqrt((1.0 - cos_target * cos_target).clamp_min(1e-12))
+    phi = cos_target * cos_m - sin * sin_m  # cos(theta + m)
+    below_pi = (cos_target > trig.cos(math.pi - margin)) | (margin < 0)
+    return torch.where(below_pi, phi, cos_target - margin * sin_m)
+
+
 class ArcFace(MarginHead):
     """s * cos(theta_y + m) for the target class, s * cos(theta_j) for the others (ArcFace Eq. 3).
 
@@ -31,11 +47,7 @@ class ArcFace(MarginHead):
         self.straight_through = straight_through
 
     def margin_cos(self, cos_target: torch.Tensor) -> torch.Tensor:
-        m = self.margin
-        # sin(theta) from cos(theta); the clamp keeps the gradient finite at cos = +-1
-        sin = torch.sqrt((1.0 - cos_target * cos_target).clamp_min(1e-12))
-        phi = cos_target * math.cos(m) - sin * math.sin(m)  # cos(theta + m)
-        out = torch.where(cos_target > math.cos(math.pi - m), phi, cos_target - m * math.sin(m))
+        out = additive_angular_margin(cos_target, self.margin)
         if self.straight_through:
             return cos_target + (out - cos_target).detach()
         return out

@@ -6,21 +6,8 @@ import math
 
 import torch
 
+from otface.heads.arcface import additive_angular_margin
 from otface.heads.base import MarginHead
-
-
-def additive_angular_margin(cos_target: torch.Tensor, margin: float | torch.Tensor) -> torch.Tensor:
-    """(N,) target cosines, a margin (scalar or (N,)) -> (N,) cos(theta + m), ArcFace's target.
-
-    Where theta + m >= pi the target falls back to cos(theta) - m sin(m), as :class:`ArcFace` does,
-    so that it keeps decreasing in theta. A negative margin never reaches pi and needs no fallback.
-    """
-    m = torch.as_tensor(margin, dtype=cos_target.dtype, device=cos_target.device)
-    # sin(theta) from cos(theta); the clamp keeps the gradient finite at cos = +-1
-    sin = torch.sqrt((1.0 - cos_target * cos_target).clamp_min(1e-12))
-    phi = cos_target * torch.cos(m) - sin * torch.sin(m)  # cos(theta + m)
-    below_pi = (m < 0) | (cos_target > torch.cos(math.pi - m))
-    return torch.where(below_pi, phi, cos_target - m * torch.sin(m))
 
 
 class ElasticMargin(MarginHead):

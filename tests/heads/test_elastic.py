@@ -5,10 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from otface.heads.arcface import ArcFace
+from otface.heads.arcface import ArcFace, additive_angular_margin
 from otface.heads.cosface import CosFace
-from otface.heads.elastic import (ElasticArcFace, ElasticArcFacePlus, ElasticCosFace, ElasticCosFacePlus,
-                                  additive_angular_margin)
+from otface.heads.elastic import ElasticArcFace, ElasticArcFacePlus, ElasticCosFace, ElasticCosFacePlus
 
 HEADS = [ElasticArcFace, ElasticCosFace, ElasticArcFacePlus, ElasticCosFacePlus]
 ARC = (ElasticArcFace, ElasticArcFacePlus)
