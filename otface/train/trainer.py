@@ -161,7 +161,7 @@ class Trainer:
         ckpt = load_checkpoint(self.checkpoint_path())
         self.backbone.load_state_dict(ckpt["backbone"])
         self.head.load_state_dict(ckpt["head"])
-        self.aux_losses.load_state_dict(ckpt["losses"])
+        self.aux_losses.load_state_dict(ckpt.get("losses", {}))  # checkpoints before auxiliary losses lack it
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = TrainState(**ckpt["train_state"])
         torch.set_rng_state(ckpt["torch_rng"])
