@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,22 +6,7 @@ from otface.heads import ArcFace, CosFace, MarginHead, build_head
 from otface.heads.focal import Focal
 from otface.heads.hard_mining import HardMining, num_hardest
 from support.embeddings import labelled_embeddings
-
-
-def reference_logits(kind, emb, weight, labels, s, m):
-    """Float64 ArcFace / CosFace logits written from the papers (differentiable), independent of otface.heads."""
-    x, w = emb.double(), weight.double()
-    cos = (x / x.norm(dim=1, keepdim=True)) @ (w / w.norm(dim=1, keepdim=True)).t()
-    rows = []
-    for i, y in enumerate(labels.tolist()):
-        c = cos[i, y]
-        if kind == "arcface":  # cos(theta + m), insightface's c - m sin(m) once theta + m > pi
-            theta = torch.acos(c)
-            target = torch.cos(theta + m) if theta + m < math.pi else c - m * math.sin(m)
-        else:
-            target = c - m
-        rows.append(torch.cat([cos[i, :y], target.reshape(1), cos[i, y + 1:]]))
-    return s * torch.stack(rows)
+from support.margin_reference import reference_logits
 
 
 def reference_ce(logits, labels):
