@@ -50,25 +50,31 @@ def test_logits_and_loss_match_the_formula(name, s, m):
     np.testing.assert_allclose(head64.logits(emb.double(), labels).detach().numpy(), ref, atol=1e-10 * s)
 
 
-@pytest.mark.parametrize("name, m", [("arcface", 0.5), ("arcface", 1.2), ("cosface", 0.35)])
-def test_gradcheck_float64(name, m):
+@pytest.mark.parametrize("name, hyper", [
+    ("arcface", {"margin": 0.5}), ("arcface", {"margin": 1.2}), ("cosface", {"margin": 0.35}),
+    ("focal_arcface", {"gamma": 2.0}), ("focal_cosface", {"gamma": 0.5}),
+    ("hm_arcface", {"ratio": 0.5}), ("hm_cosface", {"ratio": 0.5}),
+])
+def test_gradcheck_float64(name, hyper):
     torch.manual_seed(1)
-    head = build_head(name, 6, 4, scale=4.0, margin=m).double()
+    head = build_head(name, 6, 4, scale=4.0, **hyper).double()
     emb, labels = labelled_embeddings(head, n=6, n_opposite=2, seed=1)
     emb = emb.double().requires_grad_(True)
     weight = head.weight.detach().clone().requires_grad_(True)
+    key = next(n for n, p in head.named_parameters() if p is head.weight)  # "head.weight" in a wrapper
 
     def loss(e, w):
-        return torch.func.functional_call(head, {"weight": w}, (e, labels))
+        return torch.func.functional_call(head, {key: w}, (e, labels))
 
     assert torch.autograd.gradcheck(loss, (emb, weight))
 
 
-@pytest.mark.parametrize("name", ["arcface", "cosface"])
+@pytest.mark.parametrize("name, hyper", [("arcface", {}), ("cosface", {}), ("hm_arcface", {"ratio": 0.5}),
+                                         ("hm_cosface", {"ratio": 0.5})])
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_finite_gradients_at_cos_plus_minus_one(name, sign, dtype):
-    head = build_head(name, 8, 3).to(dtype)
+def test_finite_gradients_at_cos_plus_minus_one(name, hyper, sign, dtype):
+    head = build_head(name, 8, 3, **hyper).to(dtype)
     labels = torch.tensor([0, 1, 2])
     emb = (sign * head.weight.detach().clone()).requires_grad_(True)
     loss = head(emb, labels)
