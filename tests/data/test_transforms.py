@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from otface.data import transforms
 from otface.data.transforms import decode_image, normalize, resize, to_chw
 
 
@@ -34,12 +35,44 @@ def test_decode_grey_and_rgba_become_rgb():
     np.testing.assert_array_equal(decode_image(_encode(rgba, "RGBA")), rgba[..., :3])
 
 
-def test_decode_rejects_garbage_and_truncation():
+@pytest.fixture(params=["simplejpeg", "pillow"])
+def decoder(request, monkeypatch):
+    """decode_image through the fast JPEG path and through the Pillow fallback."""
+    if request.param == "simplejpeg":
+        pytest.importorskip("simplejpeg")
+    else:
+        monkeypatch.setattr(transforms, "simplejpeg", None)
+    return transforms.decode_image
+
+
+@pytest.mark.parametrize("mode,subsampling", [("RGB", 0), ("RGB", 1), ("RGB", 2), ("L", 0), ("CMYK", 0)])
+def test_decode_jpeg_gives_pillows_pixels(decoder, mode, subsampling):
+    """The fast path (simplejpeg) and the Pillow fallback agree with Pillow pixel for pixel."""
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8), "RGB").convert(mode)
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=90, subsampling=subsampling)
+    with Image.open(io.BytesIO(buf.getvalue())) as reference:
+        expected = np.asarray(reference.convert("RGB"))
+    np.testing.assert_array_equal(decoder(buf.getvalue()), expected)
+
+
+def test_decode_rejects_garbage_and_truncation(decoder):
     with pytest.raises(ValueError, match="cannot decode image"):
-        decode_image(b"not an image")
+        decoder(b"not an image")
     jpeg = _encode(np.full((32, 32, 3), 90, np.uint8), "RGB", "JPEG")
     with pytest.raises(ValueError, match="cannot decode image"):
-        decode_image(jpeg[: len(jpeg) // 2])
+        decoder(jpeg[: len(jpeg) // 2])
+
+
+
+def test_decode_rejects_damaged_jpeg_scan():
+    pytest.importorskip("simplejpeg")  # Pillow decodes such data with a libjpeg warning only
+    noise = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    jpeg = bytearray(_encode(noise, "RGB", "JPEG"))
+    jpeg[len(jpeg) // 2 : len(jpeg) // 2 + 40] = bytes(40)  # zeros inside the entropy-coded scan
+    with pytest.raises(ValueError, match="damaged JPEG"):
+        decode_image(bytes(jpeg))
 
 
 def test_to_chw_layout():
