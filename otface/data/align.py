@@ -1,0 +1,193 @@
+"""5-point face alignment to the ArcFace template (similarity transform), without OpenCV.
+
+insightface aligns a detected face by the least-squares similarity transform (rotation, uniform
+scale, translation; no reflection) that maps its five landmarks -- left eye, right eye, nose tip,
+left and right mouth corners, in image coordinates (x right, y down, pixel centres at integers) --
+onto ``ARCFACE_TEMPLATE``, and warps the image with it (bilinear, black outside the image). That is
+what every published ArcFace model expects at its input, so raw photos with landmarks go through
+:func:`align_face` before training or evaluation.
+
+- :func:`estimate_similarity` is Umeyama's closed form (IEEE TPAMI 13(4), 1991, Eq. 40-42).
+- :func:`warp_affine` samples ``out[y, x] = image[M^-1 (x, y)]`` bilinearly, as OpenCV's
+  ``warpAffine`` with a constant black border does (up to its 1/32-pixel fixed-point rounding).
+- Output sizes that are multiples of 112 scale the template; other sizes (e.g. 128) scale it by
+  size/128 and shift it right by 8 * size/128 pixels, as insightface's ``estimate_norm``.
+
+:func:`align_folder` aligns a folder of photos listed in a landmarks file (one
+``relative/path x1 y1 x2 y2 x3 y3 x4 y4 x5 y5`` line per face, the landmark order above) into a
+folder of the same layout, ready for ``otface data pack``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from otface.data.transforms import decode_image
+
+# (x, y) of the five landmarks in a 112x112 aligned crop (insightface's ``arcface_dst``).
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
+
+
+def template(size: int = 112) -> np.ndarray:
+    """(5, 2) landmark template, in pixels, for a ``size`` x ``size`` aligned crop."""
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    if size % 112 == 0:
+        return ARCFACE_TEMPLATE * (size / 112)
+    ratio = size / 128
+    return ARCFACE_TEMPLATE * ratio + np.array([8.0 * ratio, 0.0])
+
+
+def _points(name: str, points: np.ndarray) -> np.ndarray:
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2 or len(points) < 2:
+        raise ValueError(f"{name} must be (K, 2) points with K >= 2, got shape {points.shape}")
+    if not np.isfinite(points).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return points
+
+
+def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The similarity transform that maps ``src`` onto ``dst`` in least squares.
+
+    Args:
+        src, dst: (K, 2) corresponding points (x, y), K >= 2.
+    Returns:
+        (2, 3) float64 matrix M with ``dst ~ M @ [x, y, 1]``: M[:, :2] = c * R (R a rotation,
+        det R = +1, c > 0), minimising sum_k |dst_k - M [src_k, 1]|^2.
+    """
+    src, dst = _points("src", src), _points("dst", dst)
+    if src.shape != dst.shape:
+        raise ValueError(f"src and dst must have one shape, got {src.shape} and {dst.shape}")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    var_s = (s**2).sum() / len(src)
+    if var_s == 0:
+        raise ValueError("src points all coincide: no similarity transform is defined")
+    cov = d.T @ s / len(src)  # Eq. 38
+    u, sigma, vt = np.linalg.svd(cov)
+    sign = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:  # Eq. 39: keep a rotation, not a reflection
+        sign[1, 1] = -1.0
+    rotation = u @ sign @ vt  # Eq. 40
+    scale = np.trace(np.diag(sigma) @ sign) / var_s  # Eq. 42
+    translation = mu_d - scale * rotation @ mu_s  # Eq. 41
+    return np.hstack([scale * rotation, translation[:, None]])
+
+
+def warp_affine(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Warp ``image`` by the affine ``matrix`` (source -> output coordinates), bilinear.
+
+    Args:
+        image: uint8 (H, W, C) or (H, W).
+        matrix: (2, 3) affine map of source pixel coordinates to output coordinates.
+        size: (height, width) of the output.
+    Returns:
+        uint8 output of shape (height, width[, C]); pixels that map outside the image blend with
+        black, as OpenCV's ``BORDER_CONSTANT`` with value 0.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ValueError(f"expected a uint8 (H, W[, C]) image, got {image.dtype} {image.shape}")
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.shape != (2, 3) or not np.isfinite(matrix).all():
+        raise ValueError(f"matrix must be a finite (2, 3) affine map, got {matrix.shape}")
+    full = np.vstack([matrix, [0.0, 0.0, 1.0]])
+    if abs(np.linalg.det(full)) < 1e-12:
+        raise ValueError("matrix is singular: the warp cannot be inverted")
+    inverse = np.linalg.inv(full)[:2]
+    height, width = size
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    u = inverse[0, 0] * xs + inverse[0, 1] * ys + inverse[0, 2]
+    v = inverse[1, 0] * xs + inverse[1, 1] * ys + inverse[1, 2]
+    x0, y0 = np.floor(u).astype(np.int64), np.floor(v).astype(np.int64)
+    fx, fy = u - x0, v - y0
+    src = image if image.ndim == 3 else image[..., None]
+    h, w = src.shape[:2]
+    out = np.zeros((height, width, src.shape[2]), dtype=np.float64)
+    for dy, dx, weight in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)), (1, 0, (1 - fx) * fy), (1, 1, fx * fy)):
+        xi, yi = x0 + dx, y0 + dy
+        inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        out += np.where(inside, weight, 0.0)[..., None] * src[yi.clip(0, h - 1), xi.clip(0, w - 1)].astype(np.float64)
+    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return out if image.ndim == 3 else out[..., 0]
+
+
+def alignment_matrix(landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    """(2, 3) similarity that maps the five ``landmarks`` (5, 2) onto ``template(size)``."""
+    landmarks = _points("landmarks", landmarks)
+    if landmarks.shape != (5, 2):
+        raise ValueError(f"landmarks must be (5, 2) (eyes, nose, mouth corners), got {landmarks.shape}")
+    return estimate_similarity(landmarks, template(size))
+
+
+def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    """Aligned ``size`` x ``size`` crop of ``image`` (uint8 (H, W, 3)) given its five landmarks
+    (5, 2) in pixels (x, y): left eye, right eye, nose, left mouth corner, right mouth corner."""
+    return warp_affine(image, alignment_matrix(landmarks, size), (size, size))
+
+
+def read_landmarks(path: str | os.PathLike) -> list[tuple[str, np.ndarray]]:
+    """Parse a landmarks file: ``(relative image path, (5, 2) landmarks)`` per non-blank line, in
+    file order. A line is the path and 10 numbers x1 y1 ... x5 y5; an 11th number (a detector
+    score, as in IJB's ``*_name_5pts_score.txt``) is allowed and ignored."""
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) not in (11, 12):
+                raise ValueError(f"{path}:{lineno}: expected 'path x1 y1 ... x5 y5', got {len(fields)} fields")
+            try:
+                points = np.array([float(v) for v in fields[1:11]]).reshape(5, 2)
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: landmark coordinates must be numbers: {line.strip()!r}") from None
+            if not np.isfinite(points).all():
+                raise ValueError(f"{path}:{lineno}: landmark coordinates must be finite")
+            entries.append((fields[0], points))
+    if not entries:
+        raise ValueError(f"{path}: no landmarks listed")
+    return entries
+
+
+def align_folder(src: str | os.PathLike, landmarks: str | os.PathLike, dst: str | os.PathLike, size: int = 112,
+                 quality: int = 95, on_error: str = "raise",
+                 progress: bool = True) -> tuple[int, list[tuple[str, str]]]:
+    """Align every photo listed in ``landmarks`` (paths relative to ``src``) into ``dst``.
+
+    Each aligned ``size`` x ``size`` crop is written as JPEG at ``quality`` under the same relative
+    path in ``dst`` (extension ``.jpg``), so ``src/<identity>/<photo>`` becomes an image-folder
+    training set. A photo that is missing or cannot be decoded raises ``ValueError`` naming it and
+    the landmarks line; with ``on_error="skip"`` it is left out and listed. Returns (number of
+    crops written, [(relative path, reason)] skipped).
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    src, dst = Path(src), Path(dst)
+    written, skipped = 0, []
+    for name, points in tqdm(read_landmarks(landmarks), desc="align", unit="img", disable=not progress):
+        try:
+            image = decode_image((src / name).read_bytes())
+        except (OSError, ValueError) as exc:
+            reason = f"{src / name} (listed in {landmarks}): {exc}"
+            if on_error == "raise":
+                raise ValueError(reason) from None
+            skipped.append((name, reason))
+            continue
+        out = (dst / name).with_suffix(".jpg")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        Image.fromarray(align_face(image, points, size)).save(buf, "JPEG", quality=quality)
+        out.write_bytes(buf.getvalue())
+        written += 1
+    return written, skipped
