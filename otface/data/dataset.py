@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from otface.data.recordio import RecordHeader, RecordIOError, RecordReader, read_property, unpack_record
-from otface.data.transforms import decode_image, normalize, resize, to_chw
+from otface.data.transforms import decode_image, training_input
 
 
 class RecordDataset(Dataset):
@@ -90,9 +90,5 @@ class RecordDataset(Dataset):
                 f"{self.reader.rec_path}: record {key}: image is {image.shape[1]}x{image.shape[0]}, "
                 f"property says {self.width}x{self.height}"
             )
-        x = to_chw(image)
-        if self.flip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
-        x = normalize(x)
-        return (resize(x, self.image_size) if self.image_size else x), label
+        return training_input(image, self.flip, self.image_size), label
 

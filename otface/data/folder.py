@@ -1,0 +1,100 @@
+"""Training sets stored as an image folder: ``root/<identity>/<image>``.
+
+Layout: every sub-folder of ``root`` is one identity, every image file directly inside it one
+face image (``.jpg``, ``.jpeg``, ``.png``, ``.bmp``, ``.webp``, any letter case). Identities are
+the sub-folders sorted by name (plain string order, so ``"10"`` sorts before ``"2"``) and the
+label of an identity is its position in that order; the images of an identity are sorted by file
+name. Names starting with ``"."`` (hidden files and folders), other files, files directly in
+``root`` and folders nested inside an identity folder are ignored.
+
+An identity folder without images keeps its label (it has no images): the labels therefore stay
+the folder positions whatever the folder holds, and a data set packed from the folder
+(:func:`otface.data.pack.pack_folder`), where unreadable images may be skipped, numbers its
+identities the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from otface.data.transforms import decode_image, training_input
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def scan_image_folder(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, list[str]]:
+    """List the images of an image-folder training set.
+
+    Returns ``(paths, labels, class_names)``: the N image paths (identity by identity, each
+    identity's images sorted by name), their int64 (N,) labels, and the C identity folder names
+    (``class_names[label]``; an empty identity folder keeps its name and label). Raises
+    ``FileNotFoundError`` when ``root`` is not a folder and ``ValueError`` when it holds no
+    identity folder or no image at all.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: image folder not found")
+    class_dirs = sorted((p for p in root.iterdir() if _visible(p) and p.is_dir()), key=lambda p: p.name)
+    if not class_dirs:
+        raise ValueError(f"{root}: no identity folder (expected {root}/<identity>/<image>)")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, class_dir in enumerate(class_dirs):
+        images = sorted(
+            (p for p in class_dir.iterdir()
+             if _visible(p) and p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+            key=lambda p: p.name,
+        )
+        paths.extend(images)
+        labels.extend([label] * len(images))
+    if not paths:
+        extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise ValueError(f"{root}: {len(class_dirs)} identity folders but no image in them (extensions {extensions})")
+    return paths, np.asarray(labels, dtype=np.int64), [p.name for p in class_dirs]
+
+
+class ImageFolderDataset(Dataset):
+    """Face images and identity labels of an image folder (see the module docstring).
+
+    The interface of :class:`otface.data.dataset.RecordDataset`: items are ``(image, label)``, a
+    float32 (3, H, W) RGB tensor normalised to [-1, 1] (see ``transforms``), randomly flipped
+    left-right when ``flip`` is set (torch's generator, so DataLoader workers draw differently),
+    and an int; ``labels`` is int64 (N,) and ``num_classes`` counts every identity folder.
+
+    ``image_size`` resizes the images to that square side (:func:`transforms.resize`).
+    ``expected_size`` (height, width) makes an image of another size an error (before any
+    resize). An image that cannot be decoded, or has the wrong size, raises ``ValueError`` naming
+    its file.
+    """
+
+    def __init__(self, root: str | os.PathLike, flip: bool = True, image_size: int | None = None,
+                 expected_size: tuple[int, int] | None = None) -> None:
+        self.root = Path(root)
+        self.flip = flip
+        self.image_size = image_size
+        self.expected_size = None if expected_size is None else (int(expected_size[0]), int(expected_size[1]))
+        self.paths, self.labels, self.class_names = scan_image_folder(self.root)
+        self.num_classes = len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path = self.paths[index]
+        try:
+            image = decode_image(path.read_bytes())
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        if self.expected_size is not None and image.shape[:2] != self.expected_size:
+            height, width = self.expected_size
+            raise ValueError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, expected {width}x{height}")
+        return training_input(image, self.flip, self.image_size), int(self.labels[index])

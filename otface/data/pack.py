@@ -1,0 +1,213 @@
+"""Pack an image folder (``root/<identity>/<image>``) into an insightface RecordIO folder.
+
+``dst`` receives ``train.rec``, ``train.idx`` and ``property`` (the layout described in
+``recordio``, read by :class:`otface.data.dataset.RecordDataset`) and ``classes.txt``, one
+``label<TAB>identity folder name`` line per identity, so that a label can be traced back to its
+folder. Identities and labels are those of :func:`otface.data.folder.scan_image_folder`: an empty
+identity folder, or one whose images were all skipped, keeps its label with no images.
+
+Stored images are JPEG: a JPEG file (RGB or grey) that already has the target size is stored
+byte for byte; any other image is decoded (``transforms.decode_image``: RGB, alpha dropped),
+resized to the target size when ``resize`` is set (stretched, no crop: the images are meant to be
+aligned face crops already) and encoded as JPEG.
+
+Writing is atomic: the files are written under temporary names in ``dst`` and renamed into place
+at the end, ``property`` (which readers open first) last and after removing any older one, so an
+interrupted or failed pack never leaves a ``train.rec``/``train.idx``/``property`` set that looks
+complete, and a previous pack in ``dst`` survives a failed one.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import multiprocessing
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from otface.data.folder import scan_image_folder
+from otface.data.recordio import write_face_dataset
+from otface.data.transforms import decode_image
+
+ON_ERROR = ("raise", "skip")
+CLASSES_FILE = "classes.txt"
+_DATASET_FILES = ("train.rec", "train.idx", CLASSES_FILE, "property")  # renamed in this order
+
+
+@dataclass
+class PackReport:
+    """What :func:`pack_folder` wrote.
+
+    ``skipped`` lists ``(path, reason)`` for the images left out (``on_error="skip"``);
+    ``num_reencoded`` counts the stored images that are not the source file's bytes;
+    ``empty_identities`` names the identities that ended up without images (their labels exist).
+    """
+
+    root: Path
+    num_images: int
+    num_identities: int
+    num_reencoded: int
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    empty_identities: list[str] = field(default_factory=list)
+
+
+def check_encoding(image_size: tuple[int, int], quality: int) -> None:
+    """Raise ``ValueError`` unless ``image_size`` is a positive (height, width) and ``quality`` a
+    JPEG quality in [1, 100] (checked once before a run, not per image)."""
+    if len(image_size) != 2 or min(image_size) < 1:
+        raise ValueError(f"image_size must be a positive (height, width), got {image_size}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must lie in [1, 100], got {quality}")
+
+
+def encode_face_image(data: bytes, image_size: tuple[int, int], quality: int = 95,
+                      resize: bool = False) -> tuple[bytes, bool]:
+    """The JPEG bytes to store for one encoded image, and whether they were re-encoded.
+
+    ``image_size`` is (height, width). ``data`` itself is returned for a decodable RGB or grey
+    JPEG of that size; otherwise the decoded RGB image (resized with bilinear filtering when
+    ``resize`` is set) is encoded as JPEG at ``quality`` (1..100). Raises ``ValueError`` when the
+    bytes do not decode or the size differs and ``resize`` is not set (the message names no
+    file: callers add it).
+    """
+    height, width = image_size
+    image = decode_image(data)
+    if image.shape[:2] != (height, width) and not resize:
+        raise ValueError(
+            f"image is {image.shape[1]}x{image.shape[0]}, expected {width}x{height} (resize=True resizes it)"
+        )
+    with Image.open(io.BytesIO(data)) as img:
+        stored_as_is = img.format == "JPEG" and img.mode in ("RGB", "L") and img.size == (width, height)
+    if stored_as_is:
+        return data, False
+    pil = Image.fromarray(image)
+    if pil.size != (width, height):
+        pil = pil.resize((width, height), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    pil.save(buf, "JPEG", quality=quality)
+    return buf.getvalue(), True
+
+
+def _prepare_file(path: Path, image_size: tuple[int, int], quality: int,
+                  resize: bool) -> tuple[bytes, bool] | str:
+    """:func:`encode_face_image` of the file at ``path``, or the reason it failed (a picklable
+    result, so that worker processes report failures back in order)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"cannot read the file ({exc.strerror or exc})"
+    try:
+        return encode_face_image(data, image_size, quality, resize)
+    except ValueError as exc:
+        return str(exc)
+
+
+def write_classes(path: str | os.PathLike, class_names: list[str]) -> None:
+    """Write ``classes.txt``: one ``label<TAB>name`` line per identity, labels 0..C-1 in order."""
+    for label, name in enumerate(class_names):
+        if any(c in name for c in "\t\r\n"):
+            raise ValueError(f"{path}: identity {label} name {name!r} holds a tab or a line break")
+    text = "".join(f"{label}\t{name}\n" for label, name in enumerate(class_names))
+    Path(path).write_text(text, encoding="utf-8", newline="\n")
+
+
+def read_classes(path: str | os.PathLike) -> list[str]:
+    """Read ``classes.txt`` back: the identity name of each label (``names[label]``)."""
+    names: list[str] = []
+    with open(path, "r", encoding="utf-8", newline="\n") as f:
+        for lineno, line in enumerate(f, 1):
+            label, sep, name = line.rstrip("\n").partition("\t")
+            if not sep or label != str(len(names)):
+                raise ValueError(f"{path}:{lineno}: expected '{len(names)}<TAB>name', got {line.rstrip()!r}")
+            names.append(name)
+    return names
+
+
+def pack_folder(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    image_size: tuple[int, int] = (112, 112),
+    quality: int = 95,
+    resize: bool = False,
+    on_error: str = "raise",
+    workers: int = 0,
+    progress: bool = True,
+) -> PackReport:
+    """Pack the image folder ``src`` into the insightface RecordIO folder ``dst`` (created if
+    missing); see the module docstring for the files, the encoding and the atomic write.
+
+    ``image_size`` is (height, width). An image that cannot be read or decoded, or has another
+    size while ``resize`` is not set, raises ``ValueError`` naming its file when ``on_error`` is
+    ``"raise"``; with ``"skip"`` it is left out and listed in the report, every other image
+    keeping its label. ``workers`` > 0 decodes, checks and re-encodes in that many processes (the
+    output bytes do not depend on it); 0 works in this process. ``progress`` shows a tqdm bar.
+    """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    check_encoding(image_size, quality)
+    height, width = image_size
+    src, dst = Path(src), Path(dst)
+    paths, labels, class_names = scan_image_folder(src)
+    if dst.resolve().is_relative_to(src.resolve()):
+        raise ValueError(f"{dst}: the output folder lies inside the image folder {src}")
+    dst.mkdir(parents=True, exist_ok=True)
+    tmp = {name: dst / f".{name}.tmp{os.getpid()}" for name in _DATASET_FILES}
+    prepare = functools.partial(_prepare_file, image_size=(height, width), quality=quality, resize=resize)
+    skipped: list[tuple[Path, str]] = []
+    counts = np.zeros(len(class_names), dtype=np.int64)
+    num_reencoded = 0
+    bar = tqdm(total=len(paths), desc="pack", unit="img", disable=not progress)
+
+    def samples(results: Iterator[tuple[bytes, bool] | str]) -> Iterator[tuple[bytes, int]]:
+        nonlocal num_reencoded
+        for path, label, result in zip(paths, labels.tolist(), results):
+            bar.update(1)
+            if isinstance(result, str):
+                if on_error == "raise":
+                    raise ValueError(f"{path}: {result}")
+                skipped.append((path, result))
+                continue
+            image, reencoded = result
+            num_reencoded += reencoded
+            counts[label] += 1
+            yield image, label
+
+    pool = None
+    try:
+        write_classes(tmp[CLASSES_FILE], class_names)
+        if workers > 0:
+            pool = multiprocessing.Pool(workers)
+            results = pool.imap(prepare, paths, chunksize=max(1, min(64, len(paths) // (8 * workers))))
+        else:
+            results = map(prepare, paths)
+        n = write_face_dataset(dst, samples(results), len(class_names), (height, width),
+                               rec_name=tmp["train.rec"].name, idx_name=tmp["train.idx"].name,
+                               property_name=tmp["property"].name)
+        if n == 0:
+            first, reason = skipped[0]
+            raise ValueError(f"{src}: none of the {len(paths)} images could be packed (first: {first}: {reason})")
+        (dst / "property").unlink(missing_ok=True)
+        for name in _DATASET_FILES:
+            os.replace(tmp[name], dst / name)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+    return PackReport(
+        root=dst,
+        num_images=n,
+        num_identities=len(class_names),
+        num_reencoded=num_reencoded,
+        skipped=skipped,
+        empty_identities=[name for name, count in zip(class_names, counts) if count == 0],
+    )
