@@ -44,13 +44,16 @@ class SynthSection:
 
 @dataclass
 class DataSection:
-    root: str = _f("", "folder holding train.rec, train.idx and property; empty: synthetic faces")
+    root: str = _f("", "training set: a RecordIO folder (train.rec, train.idx, property) or an image folder "
+                       "root/<identity>/<image>; empty: synthetic faces")
     val_sets: list = _f([], "verification .bin files; empty with synthetic data: its easy and hard sets")
     synthetic: SynthSection = field(default_factory=SynthSection, metadata={"help": "synthetic data"})
     sampler: str = _f("pk", "'random' (as the paper) or 'pk' (P identities x K images per batch)")
     images_per_identity: int = _f(4, "K of the P x K sampler")
     flip: bool = _f(True, "random horizontal flip during training")
     num_workers: int = _f(1, "DataLoader worker processes (0: load in the main process)")
+    on_error: str = _f("raise", "an unreadable training image: 'raise' (stop, naming file and record) or 'skip' "
+                                "(drop it, count it, report the count at the end)")
 
 
 @dataclass
@@ -223,10 +226,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    """A validated Config from a nested dict (``Config.to_dict()``, e.g. a checkpoint's); missing
+    keys take their defaults."""
+    cfg = _build(Config, tree)
+    validate(cfg)
+    return cfg
+
+
 def validate(cfg: Config) -> None:
     """Checks of values that types alone cannot catch."""
     checks = [
         (cfg.data.sampler in ("random", "pk"), "data.sampler must be 'random' or 'pk'"),
+        (cfg.data.on_error in ("raise", "skip"), "data.on_error must be 'raise' or 'skip'"),
         (cfg.data.images_per_identity >= 2, "data.images_per_identity must be >= 2"),
         (cfg.optim.batch_size >= 2, "optim.batch_size must be >= 2"),
         (cfg.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),

@@ -1,4 +1,4 @@
-"""Resolve the training folder and validation sets of a run; generate synthetic faces if needed."""
+"""Resolve the training set and validation sets of a run; generate synthetic faces if needed."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import logging
 import os
 from pathlib import Path
 
+from torch.utils.data import Dataset
+
 from otface.config import DataSection, SynthSection
+from otface.data.dataset import RecordDataset
+from otface.data.folder import ImageFolderDataset
+from otface.data.skipping import SkipBadSamples
 from otface.data.synth import SynthConfig, generate_synthetic
 
 log = logging.getLogger("otface.train")
@@ -57,3 +62,14 @@ def prepare_data(data: DataSection, progress: bool = True) -> tuple[Path, dict[s
     return root, val
 
 
+
+
+def open_training_set(root: Path, data: DataSection, image_size: int) -> Dataset:
+    """The training set in ``root``: insightface RecordIO when ``root/train.rec`` exists, else an
+    image folder ``root/<identity>/<image>``; wrapped in :class:`SkipBadSamples` when
+    ``data.on_error`` is 'skip'."""
+    if (root / "train.rec").is_file():
+        dataset = RecordDataset(root, flip=data.flip, image_size=image_size)
+    else:
+        dataset = ImageFolderDataset(root, flip=data.flip, image_size=image_size)
+    return SkipBadSamples(dataset) if data.on_error == "skip" else dataset

@@ -21,19 +21,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from otface.config import Config, save_config
-from otface.data.dataset import RecordDataset
 from otface.data.samplers import PKBatchSampler, RandomBatchSampler
 from otface.heads import build_head
 from otface.losses import OTLoss, build_aux_loss
 from otface.models import build_backbone
 from otface.train.checkpoint import load_checkpoint, save_checkpoint
-from otface.train.data import prepare_data
+from otface.data.skipping import BadSample, collate_skipping
+from otface.train.data import open_training_set, prepare_data
 from otface.train.evaluate import VerificationSuite
 from otface.train.schedule import lr_factor
 
 log = logging.getLogger("otface.train")
 
 CHECKPOINT = "last.pt"
+KEPT_BAD_SAMPLES = 100  # skipped samples listed by name in the checkpoint and results (all are counted)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -51,6 +52,8 @@ class TrainState:
     seconds: float = 0.0
     hard_groups: int = 0
     skipped_steps: int = 0
+    skipped_samples: int = 0
+    bad_samples: list = field(default_factory=list)
     history: list = field(default_factory=list)
 
 
@@ -76,7 +79,7 @@ class Trainer:
             torch.set_flush_denormal(True)  # exp(-C/eps) underflows to denormals, slow on CPUs
 
         train_root, val_paths = prepare_data(cfg.data, progress=cfg.train.progress)
-        self.dataset = RecordDataset(train_root, flip=cfg.data.flip, image_size=cfg.model.input_size)
+        self.dataset = open_training_set(train_root, cfg.data, cfg.model.input_size)
         self.backbone = build_backbone(
             cfg.model.backbone,
             embedding_size=cfg.model.embedding_size,
@@ -137,6 +140,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
             generator=generator,
+            collate_fn=collate_skipping,
             prefetch_factor=4 if workers else None,
         )
 
@@ -230,9 +234,15 @@ class Trainer:
         last = time.perf_counter()
         lr = self._set_lr()
         self.optimizer.zero_grad(set_to_none=True)
-        for images, labels in self._loader():
+        for images, labels, bad in self._loader():
             if st.batch_in_epoch + micro >= self.steps_per_epoch * accum:
                 break
+            self._count_bad(bad)
+            if images is None:
+                st.batch_in_epoch += micro + 1
+                micro = 0
+                self.optimizer.zero_grad(set_to_none=True)
+                continue
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             loss, terms, groups = self._forward(images, labels)
@@ -278,6 +288,14 @@ class Trainer:
             if cfg.train.checkpoint_steps and st.step % cfg.train.checkpoint_steps == 0:
                 self.save()
 
+    def _count_bad(self, bad: list[BadSample]) -> None:
+        for sample in bad:
+            self.state.skipped_samples += 1
+            if len(self.state.bad_samples) < KEPT_BAD_SAMPLES:
+                self.state.bad_samples.append([sample.index, sample.reason])
+            log.warning("skipped sample %d (%d skipped in all): %s", sample.index, self.state.skipped_samples,
+                        sample.reason)
+
     @staticmethod
     def _new_window() -> dict[str, Any]:
         return {"loss": 0.0, "terms": {}, "groups": 0, "n": 0, "images": 0, "t": time.perf_counter()}
@@ -322,6 +340,8 @@ class Trainer:
                 "images_per_second": st.images / st.seconds if st.seconds > 0 else math.nan,
                 "hard_groups_per_step": st.hard_groups / micro_batches,
                 "skipped_steps": st.skipped_steps,
+                "skipped_samples": st.skipped_samples,
+                "bad_samples": st.bad_samples,
                 "final_loss": rows[-1]["loss"] if rows else math.nan,
                 "history": st.history,
             },

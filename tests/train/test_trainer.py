@@ -1,12 +1,19 @@
 """End-to-end: a tiny synthetic run trains, evaluates, checkpoints and resumes exactly."""
 
 import json
+import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from otface.cli import main
 from otface.config import load_config
+from otface.data.dataset import RecordDataset
+from otface.data.folder import ImageFolderDataset
+from otface.data.recordio import RecordIOError, RecordReader, unpack_record
+from otface.data.skipping import BadSample
+from otface.train.data import prepare_data
 from otface.train.trainer import Trainer
 
 TINY = [
@@ -123,3 +130,69 @@ def test_auxiliary_losses_are_added_logged_and_checkpointed(tmp_path, cache):
     assert basis and all(any(p is q for q in trainer.params) for p in basis.values())  # trained
     with pytest.raises(KeyError, match="unknown auxiliary loss 'centre'"):
         run(tmp_path / "bad", cache, "losses.centre={weight: 1.0}")
+
+
+def _tiny_set(tmp_path, cache):
+    """A copy of the tiny synthetic RecordIO training folder, and its easy validation set."""
+    root, val = prepare_data(load_config(None, TINY + [cache]).data, progress=False)
+    copy = tmp_path / "train"
+    shutil.copytree(root, copy)
+    return copy, val["synth_easy"]
+
+
+def _corrupt_images(root, keys):
+    """Overwrite the JPEG bytes of records ``keys`` in place (record framing and labels intact)."""
+    reader = RecordReader(root / "train.rec", root / "train.idx")
+    spans = []
+    for key in keys:
+        header, image = unpack_record(reader.read(key))
+        assert header.flag == 0 and b"\xce\xd7\x23\x0a" not in reader.read(key)  # one part: simple offsets
+        spans.append((reader.offset(key) + 8 + 24, len(image)))
+    reader.close()
+    with open(root / "train.rec", "r+b") as f:
+        for start, length in spans:
+            f.seek(start)
+            f.write(b"\xff\xd8\xff" + bytes(length - 3))
+
+
+def test_unreadable_samples_raise_or_are_skipped_and_counted(tmp_path, cache):
+    root, easy = _tiny_set(tmp_path, cache)
+    bad_keys = [3, 10, 11, 40]
+    _corrupt_images(root, bad_keys)
+    data = [f"data.root={root}", f"data.val_sets=[{easy}]", "data.sampler=random", "optim.epochs=1", "ot.weight=0"]
+    with pytest.raises(RecordIOError, match=r"record (3|10|11|40):"):
+        run(tmp_path / "strict", cache, *data)
+
+    trainer, results = run(tmp_path / "skip", cache, *data, "data.on_error=skip")
+    dataset = trainer.dataset.dataset
+    bad_indices = {int(i) for i in np.flatnonzero(np.isin(dataset.keys, bad_keys))}
+    trainer.sampler.set_epoch(0)
+    drawn = [i for batch in list(trainer.sampler)[: trainer.steps_per_epoch] for i in batch]
+    expected = sorted(i for i in drawn if i in bad_indices)
+    t = results["train"]
+    assert expected and t["skipped_samples"] == len(expected)
+    assert sorted(index for index, _ in t["bad_samples"]) == expected
+    assert all("cannot decode image" in reason for _, reason in t["bad_samples"])
+    assert t["images"] == len(drawn) - len(expected)  # the other images of those batches were trained on
+    for i in range(len(dataset)):  # the wrapper keeps every good image with its own label
+        item = trainer.dataset[i]
+        assert isinstance(item, BadSample) == (i in bad_indices)
+        if i not in bad_indices:
+            assert item[1] == dataset.labels[i]
+
+
+def test_trains_from_an_image_folder(tmp_path, cache):
+    root, easy = _tiny_set(tmp_path, cache)
+    records = RecordDataset(root, flip=False)
+    folder = tmp_path / "folder"
+    for i, key in enumerate(records.keys):
+        _, image = unpack_record(records.reader.read(int(key)))
+        path = folder / f"id{records.labels[i]:03d}" / f"{key:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(image)
+    trainer, results = run(tmp_path / "run", cache, f"data.root={folder}", f"data.val_sets=[{easy}]",
+                           "optim.epochs=1")
+    assert isinstance(trainer.dataset, ImageFolderDataset)
+    np.testing.assert_array_equal(trainer.dataset.labels, records.labels)
+    assert results["train"]["steps"] == trainer.steps_per_epoch > 0
+    assert set(results["verification"]) == {"synth_easy"}

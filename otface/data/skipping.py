@@ -1,0 +1,62 @@
+"""Counted skips of unreadable training samples (``data.on_error: skip``).
+
+By default a corrupt image stops training with an error naming the file and record. When the user
+asks for skips, :class:`SkipBadSamples` turns such an item into a :class:`BadSample` and
+:func:`collate_skipping` drops it from its batch -- image and label together, so no label moves
+to another image -- and hands it to the trainer, which counts, logs and reports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+SKIPPABLE = (ValueError, OSError)  # what a dataset raises for a bad file or record
+
+
+@dataclass(frozen=True)
+class BadSample:
+    """A training item that could not be read: its dataset index and the error message."""
+
+    index: int
+    reason: str
+
+
+class SkipBadSamples(Dataset):
+    """``dataset`` with every unreadable item (``SKIPPABLE`` raised) replaced by a
+    :class:`BadSample`; ``labels`` and ``num_classes`` are the wrapped dataset's."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.dataset.labels
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except SKIPPABLE as exc:
+            return BadSample(int(index), str(exc))
+
+
+def collate_skipping(batch: Sequence[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[BadSample]]:
+    """(images (B', 3, H, W), labels (B',), bad samples) of a batch; images and labels are None
+    when every item of the batch was bad."""
+    bad = [item for item in batch if isinstance(item, BadSample)]
+    good = [item for item in batch if not isinstance(item, BadSample)]
+    if not good:
+        return None, None, bad
+    images, labels = default_collate(good)
+    return images, labels, bad

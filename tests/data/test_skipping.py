@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+import torch
+
+from otface.data.skipping import BadSample, SkipBadSamples, collate_skipping
+
+
+class _Items:
+    """Item i is (a (3, 2, 2) tensor filled with i, label i % 3); items in ``bad`` raise."""
+
+    def __init__(self, n, bad, error=ValueError):
+        self.n, self.bad, self.error = n, set(bad), error
+        self.labels = np.arange(n) % 3
+        self.num_classes = 3
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if i in self.bad:
+            raise self.error(f"file {i}: broken")
+        return torch.full((3, 2, 2), float(i)), int(self.labels[i])
+
+
+def test_bad_items_become_bad_samples_and_leave_the_batch_with_their_label():
+    data = SkipBadSamples(_Items(6, bad={1, 4}))
+    assert len(data) == 6 and data.num_classes == 3
+    np.testing.assert_array_equal(data.labels, np.arange(6) % 3)
+    images, labels, bad = collate_skipping([data[i] for i in range(6)])
+    assert bad == [BadSample(1, "file 1: broken"), BadSample(4, "file 4: broken")]
+    kept = [0, 2, 3, 5]
+    assert images[:, 0, 0, 0].tolist() == kept  # each image still carries its own label
+    assert labels.tolist() == [i % 3 for i in kept]
+
+
+def test_a_batch_of_only_bad_items_collates_to_none():
+    data = SkipBadSamples(_Items(2, bad={0, 1}, error=OSError))
+    assert collate_skipping([data[0], data[1]]) == (None, None, [BadSample(0, "file 0: broken"),
+                                                                 BadSample(1, "file 1: broken")])
+
+
+def test_programming_errors_are_not_skipped():
+    with pytest.raises(KeyError):
+        SkipBadSamples(_Items(2, bad={0}, error=KeyError))[0]
