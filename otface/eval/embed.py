@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from otface.data.transforms import normalize, resize
+
 
 def extract_embeddings(
     model: nn.Module,
@@ -17,13 +19,15 @@ def extract_embeddings(
     device: torch.device | str | None = None,
     flip: bool = True,
     progress: bool = False,
+    normalize: bool = True,
 ) -> torch.Tensor:
     """(N, 3, H, W) normalised float images -> (N, E) float32 L2-normalised embeddings on the CPU.
 
     With ``flip`` the embedding is model(x) + model(x flipped left-right) before normalisation
-    (insightface's ``verification.test``). The model runs in eval mode under inference_mode on
-    ``device`` (default: where its parameters are); every submodule's training flag is restored
-    afterwards. ``progress`` shows a tqdm bar.
+    (insightface's ``verification.test``); ``normalize=False`` returns it unnormalised, keeping
+    the feature norm (the "norm score" of IJB templates). The model runs in eval mode under
+    inference_mode on ``device`` (default: where its parameters are); every submodule's training
+    flag is restored afterwards. ``progress`` shows a tqdm bar.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
@@ -42,10 +46,33 @@ def extract_embeddings(
                 emb = model(x).float()
                 if flip:
                     emb = emb + model(torch.flip(x, dims=[3])).float()
-                out.append(F.normalize(emb, dim=1).cpu())
+                out.append((F.normalize(emb, dim=1) if normalize else emb).cpu())
     finally:
         for m, training in modes:
             m.training = training
     if not out:
         raise ValueError("no images to embed")
     return torch.cat(out)
+
+
+def embed_images(
+    model: nn.Module,
+    images: torch.Tensor,
+    input_size: int,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """uint8 RGB images (N, 3, H, W) -> (N, E) L2-normalised flip-summed embeddings on the CPU.
+
+    Batches are normalised (``transforms.normalize``) and resized to ``input_size`` one at a time,
+    so only ``batch_size`` float images exist at once.
+    """
+    if images.dtype != torch.uint8:
+        raise TypeError(f"embed_images expects uint8 images, got {images.dtype}")
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        x = resize(normalize(images[start : start + batch_size]), input_size)
+        chunks.append(extract_embeddings(model, x, batch_size=batch_size, device=device))
+    if not chunks:
+        raise ValueError("no images to embed")
+    return torch.cat(chunks)
