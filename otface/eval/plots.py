@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -47,6 +47,31 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Pa
     ax.set_ylabel("true accept rate")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_cmc(curves: Mapping[str, Sequence[float]], path: str | Path, title: str = "CMC") -> Path:
+    """Save cumulative match characteristic curves {name: identification rate at ranks 1..R} as a
+    PNG at ``path`` (parent folders created); the legend gives each curve's rank-1. Returns the path."""
+    if not curves:
+        raise ValueError("no curves to plot")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    for name, rates in curves.items():
+        rates = np.asarray(rates, dtype=float)
+        if rates.ndim != 1 or len(rates) == 0:
+            raise ValueError(f"curve {name!r}: expected a non-empty 1-D rate per rank, got shape {rates.shape}")
+        ranks = np.arange(1, len(rates) + 1)
+        ax.plot(ranks, 100 * rates, marker="o", label=f"{name} (rank-1 {100 * rates[0]:.2f} %)")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("identification rate (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path)

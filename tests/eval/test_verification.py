@@ -5,7 +5,7 @@ from scipy.interpolate import BSpline
 from torch import nn
 
 from otface.eval import extract_embeddings, plot_roc, verification
-from otface.eval.plots import curve_auc
+from otface.eval.plots import curve_auc, plot_cmc
 from otface.eval.verification import VAL_THRESHOLDS, far_threshold, kfold_indices
 
 
@@ -228,3 +228,12 @@ def test_plot_roc_writes_png(tmp_path):
     assert curve_auc(np.array([0.5]), np.array([0.5])) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="no curves"):
         plot_roc({}, tmp_path / "x.png")
+
+
+def test_plot_cmc_writes_png_and_rejects_bad_curves(tmp_path):
+    path = plot_cmc({"a": [0.6, 0.7, 0.75], "b": np.array([0.9])}, tmp_path / "sub" / "cmc.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    with pytest.raises(ValueError, match="no curves"):
+        plot_cmc({}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        plot_cmc({"a": []}, tmp_path / "x.png")
