@@ -17,22 +17,19 @@ class RecordDataset(Dataset):
     """Face images and identity labels of an insightface training folder.
 
     With an insightface record 0 (flag > 0) the images are the keys ``range(1, label[0])``;
-    without one, every key of the index is an image. Items are ``(image, label)``: a float32
-    (3, H, W) RGB tensor normalised to [-1, 1] (see ``transforms``), randomly flipped left-right
-    when ``flip`` is set (torch's generator, so DataLoader workers draw differently), and an int.
-
-    ``image_size`` resizes the images to that square side (:func:`transforms.resize`).
+    without one, every key of the index is an image. Items are ``(image, label)``: a uint8
+    (3, H, W) RGB tensor, randomly flipped left-right when ``flip`` is set
+    (:func:`transforms.training_input`; :func:`transforms.network_input` makes a batch of them
+    network inputs), and an int.
 
     ``validate_labels`` reads every record header at construction (no image is decoded) and
     checks each label lies in [0, num_classes); without it the check happens per item and when
     ``labels`` is first read.
     """
 
-    def __init__(self, root: str | os.PathLike, flip: bool = True, validate_labels: bool = True,
-                 image_size: int | None = None) -> None:
+    def __init__(self, root: str | os.PathLike, flip: bool = True, validate_labels: bool = True) -> None:
         self.root = Path(root)
         self.flip = flip
-        self.image_size = image_size
         self.num_classes, self.height, self.width = read_property(self.root)
         self.reader = RecordReader(self.root / "train.rec", self.root / "train.idx")
         if 0 in self.reader and self.reader.read_header(0).flag > 0:
@@ -90,5 +87,5 @@ class RecordDataset(Dataset):
                 f"{self.reader.rec_path}: record {key}: image is {image.shape[1]}x{image.shape[0]}, "
                 f"property says {self.width}x{self.height}"
             )
-        return training_input(image, self.flip, self.image_size), label
+        return training_input(image, self.flip), label
 

@@ -66,21 +66,18 @@ class ImageFolderDataset(Dataset):
     """Face images and identity labels of an image folder (see the module docstring).
 
     The interface of :class:`otface.data.dataset.RecordDataset`: items are ``(image, label)``, a
-    float32 (3, H, W) RGB tensor normalised to [-1, 1] (see ``transforms``), randomly flipped
-    left-right when ``flip`` is set (torch's generator, so DataLoader workers draw differently),
-    and an int; ``labels`` is int64 (N,) and ``num_classes`` counts every identity folder.
+    uint8 (3, H, W) RGB tensor randomly flipped left-right when ``flip`` is set
+    (:func:`transforms.training_input`), and an int; ``labels`` is int64 (N,) and
+    ``num_classes`` counts every identity folder.
 
-    ``image_size`` resizes the images to that square side (:func:`transforms.resize`).
-    ``expected_size`` (height, width) makes an image of another size an error (before any
-    resize). An image that cannot be decoded, or has the wrong size, raises ``ValueError`` naming
+    ``expected_size`` (height, width) makes an image of another size an error. An image that cannot be decoded, or has the wrong size, raises ``ValueError`` naming
     its file.
     """
 
-    def __init__(self, root: str | os.PathLike, flip: bool = True, image_size: int | None = None,
+    def __init__(self, root: str | os.PathLike, flip: bool = True,
                  expected_size: tuple[int, int] | None = None) -> None:
         self.root = Path(root)
         self.flip = flip
-        self.image_size = image_size
         self.expected_size = None if expected_size is None else (int(expected_size[0]), int(expected_size[1]))
         self.paths, self.labels, self.class_names = scan_image_folder(self.root)
         self.num_classes = len(self.class_names)
@@ -97,4 +94,4 @@ class ImageFolderDataset(Dataset):
         if self.expected_size is not None and image.shape[:2] != self.expected_size:
             height, width = self.expected_size
             raise ValueError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, expected {width}x{height}")
-        return training_input(image, self.flip, self.image_size), int(self.labels[index])
+        return training_input(image, self.flip), int(self.labels[index])

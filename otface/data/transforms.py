@@ -3,6 +3,8 @@
 Convention (insightface / arcface_torch): aligned crops, 112x112, channels in **RGB** order,
 ``(3, H, W)`` tensors, pixel values mapped from [0, 255] to [-1, 1] by ``(x - 127.5) / 127.5``.
 Inference code must do exactly the same: decode to RGB (not OpenCV's BGR), CHW, normalise.
+Data sets and loaders move uint8 images; :func:`network_input` makes the float inputs, a batch at
+a time, where the model runs.
 """
 
 from __future__ import annotations
@@ -82,12 +84,17 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return out if images.dim() == 4 else out.squeeze(0)
 
 
-def training_input(image: np.ndarray, flip: bool, size: int | None = None) -> torch.Tensor:
-    """A decoded uint8 (H, W, 3) RGB image -> the float32 (3, H, W) network input of a training
-    set: flipped left-right with probability 1/2 when ``flip`` (torch's generator, so DataLoader
-    workers draw differently), normalised to [-1, 1], resized to side ``size`` when given."""
+def training_input(image: np.ndarray, flip: bool) -> torch.Tensor:
+    """A decoded uint8 (H, W, 3) RGB image -> the uint8 (3, H, W) item of a training set, flipped
+    left-right with probability 1/2 when ``flip`` (torch's generator, so DataLoader workers draw
+    differently). Items stay uint8 -- a quarter of the bytes through the worker queues -- and
+    become network inputs a batch at a time on the device (:func:`network_input`)."""
     x = to_chw(image)
-    if flip and torch.rand(()) < 0.5:
-        x = x.flip(-1)
-    x = normalize(x)
-    return resize(x, size) if size else x
+    return x.flip(-1) if flip and torch.rand(()) < 0.5 else x
+
+
+def network_input(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 RGB images (N, 3, H, W), on any device -> float32 network inputs of side ``size``:
+    normalised (:func:`normalize`), then resized (:func:`resize`). Training and evaluation both
+    go through it."""
+    return resize(normalize(images), size)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from otface.data.transforms import normalize, resize
+from otface.data.transforms import network_input
 
 
 def extract_embeddings(
@@ -64,14 +64,14 @@ def embed_images(
 ) -> torch.Tensor:
     """uint8 RGB images (N, 3, H, W) -> (N, E) L2-normalised flip-summed embeddings on the CPU.
 
-    Batches are normalised (``transforms.normalize``) and resized to ``input_size`` one at a time,
-    so only ``batch_size`` float images exist at once.
+    Batches become network inputs of side ``input_size`` (``transforms.network_input``) one at a
+    time, so only ``batch_size`` float images exist at once.
     """
     if images.dtype != torch.uint8:
         raise TypeError(f"embed_images expects uint8 images, got {images.dtype}")
     chunks = []
     for start in range(0, len(images), batch_size):
-        x = resize(normalize(images[start : start + batch_size]), input_size)
+        x = network_input(images[start : start + batch_size], input_size)
         chunks.append(extract_embeddings(model, x, batch_size=batch_size, device=device))
     if not chunks:
         raise ValueError("no images to embed")

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from otface.data.ijb import IJBMeta, iter_ijb_chunks, load_ijb_meta
-from otface.data.transforms import normalize, resize
+from otface.data.transforms import network_input
 from otface.eval.embed import extract_embeddings
 from otface.eval.plots import curve_auc
 
@@ -338,7 +338,7 @@ def embed_ijb(
         failures.extend(chunk.failures)
         if len(chunk.indices) == 0:
             continue
-        x = resize(normalize(chunk.images), image_size)
+        x = network_input(chunk.images, image_size)
         indices.append(chunk.indices)
         plain.append(extract_embeddings(model, x, batch_size, device, flip=False, normalize=False).numpy())
         if flip:

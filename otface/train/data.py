@@ -64,12 +64,12 @@ def prepare_data(data: DataSection, progress: bool = True) -> tuple[Path, dict[s
 
 
 
-def open_training_set(root: Path, data: DataSection, image_size: int) -> Dataset:
+def open_training_set(root: Path, data: DataSection) -> Dataset:
     """The training set in ``root``: insightface RecordIO when ``root/train.rec`` exists, else an
     image folder ``root/<identity>/<image>``; wrapped in :class:`SkipBadSamples` when
     ``data.on_error`` is 'skip'."""
     if (root / "train.rec").is_file():
-        dataset = RecordDataset(root, flip=data.flip, image_size=image_size)
+        dataset = RecordDataset(root, flip=data.flip)
     else:
-        dataset = ImageFolderDataset(root, flip=data.flip, image_size=image_size)
+        dataset = ImageFolderDataset(root, flip=data.flip)
     return SkipBadSamples(dataset) if data.on_error == "skip" else dataset

@@ -27,6 +27,7 @@ from otface.losses import OTLoss, build_aux_loss
 from otface.models import build_backbone
 from otface.train.checkpoint import load_checkpoint, save_checkpoint
 from otface.data.skipping import BadSample, collate_skipping
+from otface.data.transforms import network_input
 from otface.train.data import open_training_set, prepare_data
 from otface.train.evaluate import VerificationSuite
 from otface.train.schedule import lr_factor
@@ -79,7 +80,7 @@ class Trainer:
             torch.set_flush_denormal(True)  # exp(-C/eps) underflows to denormals, slow on CPUs
 
         train_root, val_paths = prepare_data(cfg.data, progress=cfg.train.progress)
-        self.dataset = open_training_set(train_root, cfg.data, cfg.model.input_size)
+        self.dataset = open_training_set(train_root, cfg.data)
         self.backbone = build_backbone(
             cfg.model.backbone,
             embedding_size=cfg.model.embedding_size,
@@ -243,7 +244,7 @@ class Trainer:
                 micro = 0
                 self.optimizer.zero_grad(set_to_none=True)
                 continue
-            images = images.to(self.device, non_blocking=True)
+            images = network_input(images.to(self.device, non_blocking=True), cfg.model.input_size)
             labels = labels.to(self.device, non_blocking=True)
             loss, terms, groups = self._forward(images, labels)
             if not torch.isfinite(loss):

@@ -30,7 +30,7 @@ def folder(tmp_path):
 
 
 def _expected(array: np.ndarray) -> torch.Tensor:
-    return (torch.from_numpy(array).permute(2, 0, 1).float() - 127.5) / 127.5
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def test_items_labels_and_length(folder):
@@ -40,7 +40,7 @@ def test_items_labels_and_length(folder):
     assert ds.labels.dtype == np.int64 and ds.labels.tolist() == labels
     for i in range(6):
         x, y = ds[i]
-        assert x.dtype == torch.float32 and x.shape == (3, 12, 12) and y == labels[i]
+        assert x.dtype == torch.uint8 and x.shape == (3, 12, 12) and y == labels[i]
         torch.testing.assert_close(x, _expected(arrays[i]), rtol=0, atol=0)
 
 

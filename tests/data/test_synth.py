@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from otface.data import synth
@@ -49,7 +50,7 @@ def test_layout_and_formats(small_set):
     ds = RecordDataset(root, flip=False)
     assert len(ds) == 15 and ds.labels.tolist() == [i // 3 for i in range(15)]
     x, _ = ds[4]
-    assert x.shape == (3, 112, 112) and -1 <= x.min() < x.max() <= 1
+    assert x.shape == (3, 112, 112) and x.dtype == torch.uint8 and x.min() < x.max()
     meta = json.loads(paths["meta"].read_text())
     assert meta["format_version"] == synth.FORMAT_VERSION
     assert meta["config"] == {"seed": 3, "image_size": 112, **SMALL}

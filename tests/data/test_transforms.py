@@ -104,3 +104,12 @@ def test_resize_keeps_size_or_averages_when_shrinking():
     y = resize(checker, 4)
     assert y.shape == (2, 3, 4, 4)
     torch.testing.assert_close(y, torch.full_like(y, 0.5), atol=0.05, rtol=0)
+
+
+def test_training_input_is_uint8_and_network_input_normalises_then_resizes():
+    image = np.random.default_rng(3).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    x = transforms.training_input(image, flip=False)
+    assert x.dtype == torch.uint8 and torch.equal(x, torch.from_numpy(image).permute(2, 0, 1))
+    batch = torch.stack([x, transforms.training_input(image[:, ::-1].copy(), flip=False)])
+    torch.testing.assert_close(transforms.network_input(batch, 8), (batch.float() - 127.5) / 127.5)
+    torch.testing.assert_close(transforms.network_input(batch, 4), resize(normalize(batch), 4))
