@@ -143,7 +143,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         evaluate_bins(loaded, bins, report, device, batch_size=args.batch_size)
     for root in args.ijb or []:
         evaluate_ijb_set(loaded, root, canonical_name(root.name), report, device, batch_size=args.batch_size,
-                         on_error=on_error, num_workers=args.workers)
+                         on_error=on_error, num_workers=args.workers, flip_test=not args.ijb_no_flip,
+                         norm_score=not args.ijb_no_norm_score, detector_score=not args.ijb_no_detector_score)
     if args.megaface:
         evaluate_megaface(loaded, args.megaface, report, device, batch_size=args.batch_size, on_error=on_error)
     out = args.out or Path(args.model).parent / "eval"
@@ -301,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--bin", type=Path, nargs="+", help="verification .bin sets (lfw.bin, agedb_30.bin, ...)")
     ev.add_argument("--bin-dir", type=Path, help="folder holding the standard sets: " + ", ".join(STANDARD_BINS))
     ev.add_argument("--ijb", type=Path, nargs="+", help="IJB set folders named IJBB / IJBC (meta/, loose_crop/)")
+    ev.add_argument("--ijb-no-flip", action="store_true", help="IJB: embed the image only, not its flip too")
+    ev.add_argument("--ijb-no-norm-score", action="store_true",
+                    help="IJB: L2-normalise image features before pooling (default keeps their norm)")
+    ev.add_argument("--ijb-no-detector-score", action="store_true",
+                    help="IJB: do not weight image features by the detector (faceness) score")
     ev.add_argument("--megaface", type=Path, help="MegaFace test pack folder (facescrub_lst, megaface_lst, ...)")
     ev.add_argument("--out", type=Path, help="output folder (default: <model folder>/eval)")
     ev.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda[:i]'")

@@ -61,9 +61,11 @@ def evaluate_bins(loaded: LoadedModel, paths: Sequence[str | os.PathLike], repor
 
 def evaluate_ijb_set(loaded: LoadedModel, root: str | os.PathLike, name: str, report: EvalReport,
                      device: torch.device, batch_size: int = 256, on_error: str = "raise",
-                     num_workers: int = 0, progress: bool = True) -> None:
-    """IJB-B or IJB-C 1:1 (insightface's default mode: flip test, norm score, detector score)."""
-    r = ijb_verification(loaded.model, root, name, on_error=on_error, image_size=loaded.input_size,
+                     num_workers: int = 0, progress: bool = True, flip_test: bool = True,
+                     norm_score: bool = True, detector_score: bool = True) -> None:
+    """IJB-B or IJB-C 1:1; the three modes default to insightface's (all on)."""
+    r = ijb_verification(loaded.model, root, name, flip_test=flip_test, norm_score=norm_score,
+                         detector_score=detector_score, on_error=on_error, image_size=loaded.input_size,
                          batch_size=batch_size, device=device, num_workers=num_workers, progress=progress)
     report.ijb[r["set"]] = {
         "tar_at_far": {f"{far:g}": float(tar) for far, tar in r["tar_at_far"].items()},
@@ -72,6 +74,7 @@ def evaluate_ijb_set(loaded: LoadedModel, root: str | os.PathLike, name: str, re
         "templates": int(r["num_templates"]),
         "images": int(r["num_images"]),
         "skipped_pairs": int(r["skipped_pairs"]),
+        "mode": {"flip_test": flip_test, "norm_score": norm_score, "detector_score": detector_score},
         "failed_images": r["failed_images"],
     }
     report.roc_ijb[r["set"]] = (r["fpr"], r["tpr"])

@@ -121,6 +121,18 @@ def test_eval_cli_reports_what_each_protocol_gives(checkpoint, exported, benchma
     assert (out / "results.md").read_text().startswith("# Evaluation of")
 
 
+def test_eval_cli_ijb_modes(checkpoint, benchmarks, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["eval", str(checkpoint[0]), "--ijb", str(benchmarks / "IJBC"), "--ijb-no-norm-score",
+                 "--ijb-no-detector-score", "--out", str(out), "--device", "cpu"]) == 0
+    result = json.loads((out / "results.json").read_text())["ijb"]["IJBC"]
+    assert result["mode"] == {"flip_test": True, "norm_score": False, "detector_score": False}
+    direct = ijb_verification(checkpoint[1], benchmarks / "IJBC", "IJBC", norm_score=False, detector_score=False,
+                              image_size=32, progress=False)
+    assert result["tar_at_far"] == pytest.approx({f"{k:g}": v for k, v in direct["tar_at_far"].items()})
+    assert result["auc"] == pytest.approx(direct["auc"])
+
+
 def test_eval_cli_errors_name_the_problem(checkpoint, benchmarks, tmp_path, capsys):
     path = str(checkpoint[0])
     assert main(["eval", path]) == 2
