@@ -33,11 +33,12 @@ from tqdm import tqdm
 
 from otface.data.folder import scan_image_folder
 from otface.data.recordio import write_face_dataset
+from otface.data.staging import staged_files
 from otface.data.transforms import decode_image
 
 ON_ERROR = ("raise", "skip")
 CLASSES_FILE = "classes.txt"
-_DATASET_FILES = ("train.rec", "train.idx", CLASSES_FILE, "property")  # renamed in this order
+_DATASET_FILES = ("train.rec", "train.idx", CLASSES_FILE, "property")  # renamed in this order, property last
 
 
 @dataclass
@@ -159,7 +160,6 @@ def pack_folder(
     if dst.resolve().is_relative_to(src.resolve()):
         raise ValueError(f"{dst}: the output folder lies inside the image folder {src}")
     dst.mkdir(parents=True, exist_ok=True)
-    tmp = {name: dst / f".{name}.tmp{os.getpid()}" for name in _DATASET_FILES}
     prepare = functools.partial(_prepare_file, image_size=(height, width), quality=quality, resize=resize)
     skipped: list[tuple[Path, str]] = []
     counts = np.zeros(len(class_names), dtype=np.int64)
@@ -180,29 +180,25 @@ def pack_folder(
             counts[label] += 1
             yield image, label
 
-    pool = None
+    pool = multiprocessing.Pool(workers) if workers > 0 else None
     try:
-        write_classes(tmp[CLASSES_FILE], class_names)
-        if workers > 0:
-            pool = multiprocessing.Pool(workers)
-            results = pool.imap(prepare, paths, chunksize=max(1, min(64, len(paths) // (8 * workers))))
-        else:
-            results = map(prepare, paths)
-        n = write_face_dataset(dst, samples(results), len(class_names), (height, width),
-                               rec_name=tmp["train.rec"].name, idx_name=tmp["train.idx"].name,
-                               property_name=tmp["property"].name)
-        if n == 0:
-            first, reason = skipped[0]
-            raise ValueError(f"{src}: none of the {len(paths)} images could be packed (first: {first}: {reason})")
-        (dst / "property").unlink(missing_ok=True)
-        for name in _DATASET_FILES:
-            os.replace(tmp[name], dst / name)
+        with staged_files(dst, _DATASET_FILES) as tmp:
+            write_classes(tmp[CLASSES_FILE], class_names)
+            if pool is not None:
+                results = pool.imap(prepare, paths, chunksize=max(1, min(64, len(paths) // (8 * workers))))
+            else:
+                results = map(prepare, paths)
+            n = write_face_dataset(dst, samples(results), len(class_names), (height, width),
+                                   rec_name=tmp["train.rec"].name, idx_name=tmp["train.idx"].name,
+                                   property_name=tmp["property"].name)
+            if n == 0:
+                first, reason = skipped[0]
+                raise ValueError(f"{src}: none of the {len(paths)} images could be packed "
+                                 f"(first: {first}: {reason})")
     finally:
         bar.close()
         if pool is not None:
             pool.terminate()
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
     return PackReport(
         root=dst,
         num_images=n,

@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from otface.data.binset import write_bin
 from otface.data.recordio import write_face_dataset
+from otface.data.staging import staged_files
 
 FORMAT_VERSION = 2
 LEVELS = ("train", "easy", "hard")
@@ -1079,30 +1080,26 @@ def generate_synthetic(out_dir: str | os.PathLike, cfg: SynthConfig, progress: b
     if _cached(out, cfg):
         return paths
     paths["meta"].unlink(missing_ok=True)
-    tmp = {name: out / f".{name}.tmp{os.getpid()}" for name in _FILES.values()}
     start = time.perf_counter()
     total = cfg.num_identities * cfg.images_per_identity + 4 * cfg.num_pairs
     pool = multiprocessing.Pool(cfg.workers) if cfg.workers > 1 else None
     bar = tqdm(total=total, desc="synthetic faces", unit="img", disable=not progress)
     try:
-        tasks = [(cfg.seed, i, cfg.images_per_identity, cfg.image_size) for i in range(cfg.num_identities)]
-        per_identity = _results(pool, cfg.workers, _train_task, tasks, bar)
-        samples = ((image, label) for label, images in enumerate(per_identity) for image in images)
-        write_face_dataset(out, samples, cfg.num_identities, (cfg.image_size, cfg.image_size),
-                           rec_name=tmp["train.rec"].name, idx_name=tmp["train.idx"].name,
-                           property_name=tmp["property"].name)
-        for level in ("easy", "hard"):
-            tasks = [(cfg.seed, level, k, cfg.image_size) for k in range(cfg.num_pairs)]
-            images = [image for pair in _results(pool, cfg.workers, _pair_task, tasks, bar) for image in pair]
-            write_bin(tmp[_FILES[level]], images, [k % 2 == 0 for k in range(cfg.num_pairs)])
-        for name, path in tmp.items():
-            os.replace(path, out / name)
+        with staged_files(out, list(_FILES.values())) as tmp:
+            tasks = [(cfg.seed, i, cfg.images_per_identity, cfg.image_size) for i in range(cfg.num_identities)]
+            per_identity = _results(pool, cfg.workers, _train_task, tasks, bar)
+            samples = ((image, label) for label, images in enumerate(per_identity) for image in images)
+            write_face_dataset(out, samples, cfg.num_identities, (cfg.image_size, cfg.image_size),
+                               rec_name=tmp["train.rec"].name, idx_name=tmp["train.idx"].name,
+                               property_name=tmp["property"].name)
+            for level in ("easy", "hard"):
+                tasks = [(cfg.seed, level, k, cfg.image_size) for k in range(cfg.num_pairs)]
+                images = [image for pair in _results(pool, cfg.workers, _pair_task, tasks, bar) for image in pair]
+                write_bin(tmp[_FILES[level]], images, [k % 2 == 0 for k in range(cfg.num_pairs)])
     finally:
         bar.close()
         if pool is not None:
             pool.terminate()
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
     meta = {
         "format_version": FORMAT_VERSION,
         "config": cfg.content(),
