@@ -62,6 +62,10 @@ def results_table(results: dict[str, Any]) -> str:
         f"{t['train_seconds']:.0f} s: {t['images_per_second']:.1f} images/s, "
         f"{t['hard_groups_per_step']:.1f} hard groups per step, {t['skipped_steps']} skipped steps"
     )
+    if t.get("num_skipped_records"):
+        lines.append(f"left out {t['num_skipped_records']} unreadable records when opening the training set "
+                     "(data.on_error=skip); first ones:")
+        lines.extend(f"  record {key}: {reason}" for key, reason in t["skipped_records"][:10])
     if t.get("skipped_samples"):
         lines.append(f"skipped {t['skipped_samples']} unreadable training samples (data.on_error=skip); first ones:")
         lines.extend(f"  sample {index}: {reason}" for index, reason in t["bad_samples"][:10])

@@ -24,14 +24,17 @@ class RecordDataset(Dataset):
 
     ``validate_labels`` reads every record header at construction (no image is decoded) and
     checks each label lies in [0, num_classes); without it the check happens per item and when
-    ``labels`` is first read.
+    ``labels`` is first read. ``skip_unreadable`` (implies ``validate_labels``) drops the records
+    whose header or label cannot be read -- a truncated ``.rec``, a damaged record -- instead of
+    raising, image and label together, and lists them in ``skipped`` as (key, message).
     """
 
-    def __init__(self, root: str | os.PathLike, flip: bool = True, validate_labels: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike, flip: bool = True, validate_labels: bool = True,
+                 skip_unreadable: bool = False) -> None:
         self.root = Path(root)
         self.flip = flip
         self.num_classes, self.height, self.width = read_property(self.root)
-        self.reader = RecordReader(self.root / "train.rec", self.root / "train.idx")
+        self.reader = RecordReader(self.root / "train.rec", self.root / "train.idx", check_offsets=not skip_unreadable)
         if 0 in self.reader and self.reader.read_header(0).flag > 0:
             end = int(self.reader.read_header(0).label[0])
             self.keys = np.arange(1, end, dtype=np.int64)
@@ -44,8 +47,23 @@ class RecordDataset(Dataset):
         else:
             self.keys = np.asarray(self.reader.keys, dtype=np.int64)
         self._labels: np.ndarray | None = None
-        if validate_labels:
+        self.skipped: list[tuple[int, str]] = []
+        if skip_unreadable:
+            self._drop_unreadable()
+        elif validate_labels:
             _ = self.labels
+
+    def _drop_unreadable(self) -> None:
+        keys, labels = [], []
+        for key in self.keys.tolist():
+            try:
+                labels.append(self._label(key, self.reader.read_header(key)))
+            except RecordIOError as exc:
+                self.skipped.append((key, str(exc)))
+                continue
+            keys.append(key)
+        self.keys = np.asarray(keys, dtype=np.int64)
+        self._labels = np.asarray(labels, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.keys)

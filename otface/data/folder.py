@@ -80,6 +80,7 @@ class ImageFolderDataset(Dataset):
         self.flip = flip
         self.expected_size = None if expected_size is None else (int(expected_size[0]), int(expected_size[1]))
         self.paths, self.labels, self.class_names = scan_image_folder(self.root)
+        self.skipped: list[tuple[int, str]] = []  # RecordDataset's interface: nothing is dropped at construction
         self.num_classes = len(self.class_names)
 
     def __len__(self) -> int:

@@ -176,12 +176,15 @@ def read_index(idx_path: str | os.PathLike) -> dict[int, int]:
 class RecordReader:
     """Random access to the records of a ``.rec`` file through its ``.idx`` index.
 
+    Every offset of the index is checked against the file size at construction unless
+    ``check_offsets`` is false (then a record beyond the end is an error when it is read).
+
     The ``.rec`` file is memory-mapped lazily, once per process (a reader created before a
     ``fork`` reopens it in the child), so one reader can serve threads and DataLoader workers; the
     reader pickles without its mapping.
     """
 
-    def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike) -> None:
+    def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike, check_offsets: bool = True) -> None:
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path)
         for path in (self.rec_path, self.idx_path):
@@ -189,7 +192,7 @@ class RecordReader:
                 raise RecordIOError(f"{path}: file not found")
         self._index = read_index(self.idx_path)
         self.size = self.rec_path.stat().st_size
-        for key, offset in self._index.items():
+        for key, offset in self._index.items() if check_offsets else ():
             if not 0 <= offset <= self.size - _RECORD_HEAD.size:
                 raise RecordIOError(
                     f"{self.idx_path}: key {key} points at offset {offset}, beyond the end of "

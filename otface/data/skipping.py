@@ -28,7 +28,8 @@ class BadSample:
 
 class SkipBadSamples(Dataset):
     """``dataset`` with every unreadable item (``SKIPPABLE`` raised) replaced by a
-    :class:`BadSample`; ``labels`` and ``num_classes`` are the wrapped dataset's."""
+    :class:`BadSample`; ``labels``, ``num_classes`` and ``skipped`` (records dropped when the data
+    set was opened) are the wrapped dataset's."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -40,6 +41,10 @@ class SkipBadSamples(Dataset):
     @property
     def num_classes(self) -> int:
         return self.dataset.num_classes
+
+    @property
+    def skipped(self) -> list[tuple[int, str]]:
+        return self.dataset.skipped
 
     def __len__(self) -> int:
         return len(self.dataset)

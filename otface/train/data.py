@@ -66,10 +66,11 @@ def prepare_data(data: DataSection, progress: bool = True) -> tuple[Path, dict[s
 
 def open_training_set(root: Path, data: DataSection) -> Dataset:
     """The training set in ``root``: insightface RecordIO when ``root/train.rec`` exists, else an
-    image folder ``root/<identity>/<image>``; wrapped in :class:`SkipBadSamples` when
-    ``data.on_error`` is 'skip'."""
+    image folder ``root/<identity>/<image>``. With ``data.on_error`` 'skip', records whose header
+    cannot be read are dropped at once (listed in ``skipped``) and the set is wrapped in
+    :class:`SkipBadSamples` for images that fail to decode later."""
     if (root / "train.rec").is_file():
-        dataset = RecordDataset(root, flip=data.flip)
+        dataset = RecordDataset(root, flip=data.flip, skip_unreadable=data.on_error == "skip")
     else:
         dataset = ImageFolderDataset(root, flip=data.flip)
     return SkipBadSamples(dataset) if data.on_error == "skip" else dataset

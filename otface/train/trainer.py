@@ -81,6 +81,8 @@ class Trainer:
 
         train_root, val_paths = prepare_data(cfg.data, progress=cfg.train.progress)
         self.dataset = open_training_set(train_root, cfg.data)
+        for key, reason in self.dataset.skipped:
+            log.warning("unreadable record %d left out of the training set: %s", key, reason)
         self.backbone = build_backbone(
             cfg.model.backbone,
             embedding_size=cfg.model.embedding_size,
@@ -341,6 +343,8 @@ class Trainer:
                 "images_per_second": st.images / st.seconds if st.seconds > 0 else math.nan,
                 "hard_groups_per_step": st.hard_groups / micro_batches,
                 "skipped_steps": st.skipped_steps,
+                "skipped_records": [[key, reason] for key, reason in self.dataset.skipped[:KEPT_BAD_SAMPLES]],
+                "num_skipped_records": len(self.dataset.skipped),
                 "skipped_samples": st.skipped_samples,
                 "bad_samples": st.bad_samples,
                 "final_loss": rows[-1]["loss"] if rows else math.nan,

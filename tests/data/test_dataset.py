@@ -108,3 +108,19 @@ def test_missing_property(tmp_path):
     (tmp_path / "property").unlink()
     with pytest.raises(RecordIOError, match="missing property"):
         RecordDataset(tmp_path)
+
+
+def test_truncated_rec_is_an_error_or_drops_the_lost_records_with_their_labels(folder):
+    root, arrays, labels = folder
+    reader = RecordDataset(root).reader
+    cut = reader.offset(4) + 20  # record 4 loses its end, records 5.. are gone
+    data = (root / "train.rec").read_bytes()
+    (root / "train.rec").write_bytes(data[:cut])
+    with pytest.raises(RecordIOError, match=r"train\.(rec|idx)"):
+        RecordDataset(root)
+    ds = RecordDataset(root, flip=False, skip_unreadable=True)
+    assert [key for key, _ in ds.skipped] == [4, 5, 6]
+    assert all("truncated record" in reason for _, reason in ds.skipped)
+    assert ds.keys.tolist() == [1, 2, 3] and ds.labels.tolist() == labels[:3]
+    for i in range(3):
+        assert torch.equal(ds[i][0], _expected(arrays[i])) and ds[i][1] == labels[i]

@@ -196,3 +196,17 @@ def test_trains_from_an_image_folder(tmp_path, cache):
     np.testing.assert_array_equal(trainer.dataset.labels, records.labels)
     assert results["train"]["steps"] == trainer.steps_per_epoch > 0
     assert set(results["verification"]) == {"synth_easy"}
+
+
+def test_truncated_training_file_is_an_error_or_its_lost_records_are_left_out(tmp_path, cache):
+    root, easy = _tiny_set(tmp_path, cache)
+    full = RecordDataset(root)
+    cut = full.reader.offset(int(full.keys[-3])) + 30  # the last three images are lost
+    (root / "train.rec").write_bytes((root / "train.rec").read_bytes()[:cut])
+    data = [f"data.root={root}", f"data.val_sets=[{easy}]", "optim.epochs=1", "ot.weight=0"]
+    with pytest.raises(RecordIOError, match="train"):
+        run(tmp_path / "strict", cache, *data)
+    trainer, results = run(tmp_path / "skip", cache, *data, "data.on_error=skip")
+    t = results["train"]
+    assert t["num_skipped_records"] == 3 and [k for k, _ in t["skipped_records"]] == full.keys[-3:].tolist()
+    assert len(trainer.dataset) == len(full) - 3 and t["skipped_samples"] == 0 and t["steps"] > 0
