@@ -76,7 +76,7 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Pa
             "checkpoint": str(checkpoint)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.pt2")  # torch.export wants the .pt2 suffix
     try:
         torch.export.save(program, tmp, extra_files={EXPORT_META: json.dumps(meta)})
         os.replace(tmp, out)
