@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from otface.data.transforms import decode_image
+from otface.data.transforms import read_image
 
 # (x, y) of the five landmarks in a 112x112 aligned crop (insightface's ``arcface_dst``).
 ARCFACE_TEMPLATE = np.array(
@@ -177,8 +177,8 @@ def align_folder(src: str | os.PathLike, landmarks: str | os.PathLike, dst: str 
     written, skipped = 0, []
     for name, points in tqdm(read_landmarks(landmarks), desc="align", unit="img", disable=not progress):
         try:
-            image = decode_image((src / name).read_bytes())
-        except (OSError, ValueError) as exc:
+            image = read_image(src / name)
+        except ValueError as exc:
             reason = f"{src / name} (listed in {landmarks}): {exc}"
             if on_error == "raise":
                 raise ValueError(reason) from None

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from otface.data.transforms import decode_image, training_input
+from otface.data.transforms import read_image, training_input
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
@@ -89,10 +89,7 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path = self.paths[index]
         try:
-            image = decode_image(path.read_bytes())
+            image = read_image(path, self.expected_size)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
-        if self.expected_size is not None and image.shape[:2] != self.expected_size:
-            height, width = self.expected_size
-            raise ValueError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, expected {width}x{height}")
         return training_input(image, self.flip), int(self.labels[index])

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from otface.data.align import align_face
-from otface.data.transforms import decode_image, to_chw
+from otface.data.transforms import read_image, to_chw
 
 ALIGNED_SIZE = 112
 NAMES = ("IJBB", "IJBC")
@@ -248,11 +248,7 @@ class IJBFaces(Dataset):
         path = self.image_dir / self.names[index]
         where = f"image {path} (listed at {self.list_file}:{self.lines[index]})"
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ValueError(f"{where}: cannot read it ({type(exc).__name__}: {exc.strerror or exc})") from None
-        try:
-            return to_chw(align_face(decode_image(data), self.landmarks[index], ALIGNED_SIZE))
+            return to_chw(align_face(read_image(path), self.landmarks[index], ALIGNED_SIZE))
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
 

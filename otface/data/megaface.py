@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from otface.data.transforms import decode_image, to_chw
+from otface.data.transforms import read_image, to_chw
 
 WHICH = ("probes", "distractors")
 ON_ERROR = ("raise", "skip")
@@ -180,18 +180,6 @@ def read_megaface(
     )
 
 
-def _read_image(path: Path, height: int, width: int) -> np.ndarray:
-    """Decoded uint8 (H, W, 3) RGB image; ValueError when unreadable, undecodable or not H x W."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot read ({type(exc).__name__}: {exc.strerror or exc})") from None
-    image = decode_image(data)
-    if image.shape[:2] != (height, width):
-        raise ValueError(f"is {image.shape[1]}x{image.shape[0]}, expected {width}x{height}")
-    return image
-
-
 def load_images(
     lists: MegaFaceLists,
     which: str,
@@ -224,7 +212,7 @@ def load_images(
     for i in positions:
         image_path = folder / paths[i]
         try:
-            image = _read_image(image_path, height, width)
+            image = read_image(image_path, (height, width))
         except ValueError as exc:
             message = f"{list_file} line {lines[i]}: {image_path}: {exc}"
             if on_error == "raise":

@@ -9,7 +9,7 @@ to another image -- and hands it to the trainer, which counts, logs and reports 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -56,12 +56,15 @@ class SkipBadSamples(Dataset):
             return BadSample(int(index), str(exc))
 
 
-def collate_skipping(batch: Sequence[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[BadSample]]:
+def collate_skipping(
+    batch: Sequence[Any], transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> tuple[torch.Tensor | None, torch.Tensor | None, list[BadSample]]:
     """(images (B', 3, H, W), labels (B',), bad samples) of a batch; images and labels are None
-    when every item of the batch was bad."""
+    when every item of the batch was bad. ``transform`` maps the stacked images (e.g.
+    ``transforms.network_input``, so that a CPU run does it in the loader's workers)."""
     bad = [item for item in batch if isinstance(item, BadSample)]
     good = [item for item in batch if not isinstance(item, BadSample)]
     if not good:
         return None, None, bad
     images, labels = default_collate(good)
-    return images, labels, bad
+    return (transform(images) if transform is not None else images), labels, bad

@@ -10,6 +10,8 @@ a time, where the model runs.
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,6 +56,22 @@ def decode_image(data: bytes) -> np.ndarray:
     except Exception as exc:
         raise ValueError(f"cannot decode image ({type(exc).__name__}: {exc})") from None
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read and decode the image file at ``path`` into uint8 (H, W, 3) RGB (:func:`decode_image`).
+
+    Raises ``ValueError`` with the reason -- the file cannot be read, does not decode, or is not
+    ``size`` (height, width) when given -- for the caller to prefix with the file and its listing.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read ({type(exc).__name__}: {exc.strerror or exc})") from None
+    image = decode_image(data)
+    if size is not None and image.shape[:2] != tuple(size):
+        raise ValueError(f"image is {image.shape[1]}x{image.shape[0]}, expected {size[1]}x{size[0]}")
+    return image
 
 
 def to_chw(image: np.ndarray) -> torch.Tensor:

@@ -9,6 +9,7 @@ changes neither the effective loss scale nor the schedule (SPEC §9).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -110,6 +111,11 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ValueError("fewer micro-batches per epoch than optim.grad_accum: lower one of them")
         self.state = TrainState()
+        # uint8 batches become float inputs where the model runs; a CPU run with loader workers
+        # leaves that to the workers, which have cores to spare while the main process trains
+        on_cpu_with_workers = self.device.type == "cpu" and cfg.data.num_workers > 0
+        self._worker_transform = (functools.partial(network_input, size=cfg.model.input_size)
+                                  if on_cpu_with_workers else None)
 
     # ----------------------------------------------------------------------------- construction
     def _build_ot_loss(self) -> OTLoss | None:
@@ -143,7 +149,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
             generator=generator,
-            collate_fn=collate_skipping,
+            collate_fn=functools.partial(collate_skipping, transform=self._worker_transform),
             prefetch_factor=4 if workers else None,
         )
 
@@ -246,7 +252,9 @@ class Trainer:
                 micro = 0
                 self.optimizer.zero_grad(set_to_none=True)
                 continue
-            images = network_input(images.to(self.device, non_blocking=True), cfg.model.input_size)
+            images = images.to(self.device, non_blocking=True)
+            if self._worker_transform is None:
+                images = network_input(images, cfg.model.input_size)
             labels = labels.to(self.device, non_blocking=True)
             loss, terms, groups = self._forward(images, labels)
             if not torch.isfinite(loss):

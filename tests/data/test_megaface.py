@@ -63,7 +63,7 @@ def break_images(root):
 @pytest.mark.parametrize("start, message", [
     (0, r"facescrub_lst line 3: .*Adam_Brody_3\.png: cannot read \(FileNotFoundError"),
     (2, r"facescrub_lst line 5: .*Adam_Brody_9\.png: cannot decode image"),
-    (4, r"facescrub_lst line 6: .*Bea_Arthur_2\.png: is 16x12, expected 16x16"),
+    (4, r"facescrub_lst line 6: .*Bea_Arthur_2\.png: image is 16x12, expected 16x16"),
 ])
 def test_bad_image_is_an_error_naming_list_line_and_file(tmp_path, start, message):
     root = write_pack(tmp_path)

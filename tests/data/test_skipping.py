@@ -42,3 +42,10 @@ def test_a_batch_of_only_bad_items_collates_to_none():
 def test_programming_errors_are_not_skipped():
     with pytest.raises(KeyError):
         SkipBadSamples(_Items(2, bad={0}, error=KeyError))[0]
+
+
+def test_collate_applies_the_batch_transform_to_the_good_images_only():
+    data = SkipBadSamples(_Items(4, bad={2}))
+    images, labels, bad = collate_skipping([data[i] for i in range(4)], transform=lambda x: 2 * x + 1)
+    assert images[:, 0, 0, 0].tolist() == [1.0, 3.0, 7.0] and labels.tolist() == [0, 1, 0]
+    assert bad == [BadSample(2, "file 2: broken")]

@@ -113,3 +113,16 @@ def test_training_input_is_uint8_and_network_input_normalises_then_resizes():
     batch = torch.stack([x, transforms.training_input(image[:, ::-1].copy(), flip=False)])
     torch.testing.assert_close(transforms.network_input(batch, 8), (batch.float() - 127.5) / 127.5)
     torch.testing.assert_close(transforms.network_input(batch, 4), resize(normalize(batch), 4))
+
+
+def test_read_image_gives_the_reason_for_the_caller_to_name_the_file(tmp_path):
+    image = np.random.default_rng(4).integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    (tmp_path / "a.png").write_bytes(_encode(image, "RGB"))
+    np.testing.assert_array_equal(transforms.read_image(tmp_path / "a.png", (6, 9)), image)
+    with pytest.raises(ValueError, match=r"^image is 9x6, expected 9x9$"):
+        transforms.read_image(tmp_path / "a.png", (9, 9))
+    with pytest.raises(ValueError, match=r"^cannot read \(FileNotFoundError"):
+        transforms.read_image(tmp_path / "missing.png")
+    (tmp_path / "b.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="^cannot decode image"):
+        transforms.read_image(tmp_path / "b.png")

@@ -210,3 +210,11 @@ def test_truncated_training_file_is_an_error_or_its_lost_records_are_left_out(tm
     t = results["train"]
     assert t["num_skipped_records"] == 3 and [k for k, _ in t["skipped_records"]] == full.keys[-3:].tolist()
     assert len(trainer.dataset) == len(full) - 3 and t["skipped_samples"] == 0 and t["steps"] > 0
+
+
+def test_cpu_run_with_loader_workers_makes_network_inputs_in_the_workers(tmp_path, cache):
+    trainer, results = run(tmp_path, cache, "optim.epochs=1", "ot.weight=0", "data.num_workers=1")
+    assert trainer._worker_transform is not None
+    images, _, _ = next(iter(trainer._loader()))
+    assert images.dtype == torch.float32 and images.shape[-2:] == (32, 32) and images.abs().max() < 1.01
+    assert results["train"]["steps"] == trainer.steps_per_epoch and results["train"]["final_loss"] > 0
