@@ -23,12 +23,12 @@ from tqdm.auto import tqdm
 
 from otface.config import Config, save_config
 from otface.data.samplers import PKBatchSampler, RandomBatchSampler
+from otface.data.skipping import BadSample, collate_skipping
+from otface.data.transforms import network_input
 from otface.heads import build_head
 from otface.losses import OTLoss, build_aux_loss
 from otface.models import build_backbone
 from otface.train.checkpoint import load_checkpoint, save_checkpoint
-from otface.data.skipping import BadSample, collate_skipping
-from otface.data.transforms import network_input
 from otface.train.data import open_training_set, prepare_data
 from otface.train.evaluate import VerificationSuite
 from otface.train.schedule import lr_factor
