@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from otface.data.skipping import check_on_error, raise_or_skip
 from otface.data.transforms import read_image
 
 # (x, y) of the five landmarks in a 112x112 aligned crop (insightface's ``arcface_dst``).
@@ -171,18 +172,14 @@ def align_folder(src: str | os.PathLike, landmarks: str | os.PathLike, dst: str 
     the landmarks line; with ``on_error="skip"`` it is left out and listed. Returns (number of
     crops written, [(relative path, reason)] skipped).
     """
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    check_on_error(on_error)
     src, dst = Path(src), Path(dst)
     written, skipped = 0, []
     for name, points in tqdm(read_landmarks(landmarks), desc="align", unit="img", disable=not progress):
         try:
             image = read_image(src / name)
         except ValueError as exc:
-            reason = f"{src / name} (listed in {landmarks}): {exc}"
-            if on_error == "raise":
-                raise ValueError(reason) from None
-            skipped.append((name, reason))
+            raise_or_skip(f"{src / name} (listed in {landmarks}): {exc}", on_error, skipped, name)
             continue
         out = (dst / name).with_suffix(".jpg")
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,11 +43,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from otface.data.align import align_face
+from otface.data.skipping import check_on_error
 from otface.data.transforms import read_image, to_chw
 
 ALIGNED_SIZE = 112
 NAMES = ("IJBB", "IJBC")
-ON_ERROR = ("raise", "skip")
 
 
 def canonical_name(name: str) -> str:
@@ -278,11 +278,6 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> IJBChu
                     [(i, message) for i, image, message in items if image is None])
 
 
-def _check_on_error(on_error: str) -> None:
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-
-
 def iter_ijb_chunks(
     meta: IJBMeta, chunk_size: int = 1024, num_workers: int = 0, on_error: str = "raise", progress: bool = True
 ) -> Iterator[IJBChunk]:
@@ -292,7 +287,7 @@ def iter_ijb_chunks(
     ahead, 37.6 KB per image). ``on_error="skip"`` lists unreadable images in each chunk's
     ``failures`` instead of raising. ``progress`` shows a tqdm bar over the images.
     """
-    _check_on_error(on_error)
+    check_on_error(on_error)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     faces = IJBFaces(meta, skip_errors=on_error == "skip")

@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from otface.data.skipping import check_on_error, raise_or_skip
 from otface.data.transforms import read_image, to_chw
 
 WHICH = ("probes", "distractors")
-ON_ERROR = ("raise", "skip")
 
 
 @dataclass(frozen=True)
@@ -198,8 +198,7 @@ def load_images(
     """
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    check_on_error(on_error)
     if which == "probes":
         list_file, folder, paths, lines = lists.probe_list, lists.probe_dir, lists.probe_paths, lists.probe_lines
     else:
@@ -214,10 +213,7 @@ def load_images(
         try:
             image = read_image(image_path, (height, width))
         except ValueError as exc:
-            message = f"{list_file} line {lines[i]}: {image_path}: {exc}"
-            if on_error == "raise":
-                raise ValueError(message) from None
-            skipped.append((i, message))
+            raise_or_skip(f"{list_file} line {lines[i]}: {image_path}: {exc}", on_error, skipped, i)
             continue
         out[len(indices)] = to_chw(image)
         indices.append(i)

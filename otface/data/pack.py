@@ -33,10 +33,10 @@ from tqdm import tqdm
 
 from otface.data.folder import scan_image_folder
 from otface.data.recordio import write_face_dataset
+from otface.data.skipping import check_on_error, raise_or_skip
 from otface.data.staging import staged_files
 from otface.data.transforms import decode_image
 
-ON_ERROR = ("raise", "skip")
 CLASSES_FILE = "classes.txt"
 _DATASET_FILES = ("train.rec", "train.idx", CLASSES_FILE, "property")  # renamed in this order, property last
 
@@ -45,7 +45,7 @@ _DATASET_FILES = ("train.rec", "train.idx", CLASSES_FILE, "property")  # renamed
 class PackReport:
     """What :func:`pack_folder` wrote.
 
-    ``skipped`` lists ``(path, reason)`` for the images left out (``on_error="skip"``);
+    ``skipped`` lists ``(path, message naming the file)`` for the images left out (``on_error="skip"``);
     ``num_reencoded`` counts the stored images that are not the source file's bytes;
     ``empty_identities`` names the identities that ended up without images (their labels exist).
     """
@@ -149,8 +149,7 @@ def pack_folder(
     keeping its label. ``workers`` > 0 decodes, checks and re-encodes in that many processes (the
     output bytes do not depend on it); 0 works in this process. ``progress`` shows a tqdm bar.
     """
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    check_on_error(on_error)
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     check_encoding(image_size, quality)
@@ -171,9 +170,7 @@ def pack_folder(
         for path, label, result in zip(paths, labels.tolist(), results):
             bar.update(1)
             if isinstance(result, str):
-                if on_error == "raise":
-                    raise ValueError(f"{path}: {result}")
-                skipped.append((path, result))
+                raise_or_skip(f"{path}: {result}", on_error, skipped, path)
                 continue
             image, reencoded = result
             num_reencoded += reencoded
@@ -192,9 +189,8 @@ def pack_folder(
                                    rec_name=tmp["train.rec"].name, idx_name=tmp["train.idx"].name,
                                    property_name=tmp["property"].name)
             if n == 0:
-                first, reason = skipped[0]
                 raise ValueError(f"{src}: none of the {len(paths)} images could be packed "
-                                 f"(first: {first}: {reason})")
+                                 f"(first: {skipped[0][1]})")
     finally:
         bar.close()
         if pool is not None:

@@ -1,9 +1,10 @@
-"""Counted skips of unreadable training samples (``data.on_error: skip``).
+"""Counted skips of unreadable data: ``on_error`` 'raise' (the default) or 'skip'.
 
-By default a corrupt image stops training with an error naming the file and record. When the user
-asks for skips, :class:`SkipBadSamples` turns such an item into a :class:`BadSample` and
-:func:`collate_skipping` drops it from its batch -- image and label together, so no label moves
-to another image -- and hands it to the trainer, which counts, logs and reports it.
+By default a corrupt image stops the work with an error naming the file and record. When the user
+asks for skips, readers list what they leave out (:func:`raise_or_skip`); in training,
+:class:`SkipBadSamples` turns such an item into a :class:`BadSample` and :func:`collate_skipping`
+drops it from its batch -- image and label together, so no label moves to another image -- and
+hands it to the trainer, which counts, logs and reports it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,21 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 SKIPPABLE = (ValueError, OSError)  # what a dataset raises for a bad file or record
+ON_ERROR = ("raise", "skip")
+
+
+def check_on_error(on_error: str) -> None:
+    """``ValueError`` unless ``on_error`` is one of ``ON_ERROR``."""
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+
+
+def raise_or_skip(message: str, on_error: str, skipped: list[tuple[Any, str]], key: Any) -> None:
+    """Raise ``ValueError(message)`` when ``on_error`` is 'raise'; else record ``(key, message)``
+    in ``skipped``. ``message`` names the file and where it was listed."""
+    if on_error == "raise":
+        raise ValueError(message)
+    skipped.append((key, message))
 
 
 @dataclass(frozen=True)
