@@ -78,34 +78,23 @@ def test_target_is_monotone_in_theta(m1, m2, m3):
     torch.testing.assert_close(target[away], ref[away], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("m", [0.5, 1.2])
-def test_reduces_exactly_to_arcface(m):
-    torch.manual_seed(1)
-    arc = ArcFace(16, 7, scale=64.0, margin=m)
-    comb = CombinedMargin(16, 7, scale=64.0, m1=1.0, m2=m, m3=0.0)
-    comb.load_state_dict(arc.state_dict())
-    emb, labels = inputs(arc)
+@pytest.mark.parametrize("base, m, margins, seed", [
+    (ArcFace, 0.5, (1.0, 0.5, 0.0), 1), (ArcFace, 1.2, (1.0, 1.2, 0.0), 1),
+    (CosFace, 0.35, (1.0, 0.0, 0.35), 2), (CosFace, 0.4, (1.0, 0.0, 0.4), 2),
+])
+def test_reduces_exactly_to_arcface_and_cosface(base, m, margins, seed):
+    """(1, m, 0) is ArcFace and (1, 0, m) is CosFace: same logits and gradients, bit for bit."""
+    torch.manual_seed(seed)
+    ref = base(16, 7, scale=64.0, margin=m)
+    comb = CombinedMargin(16, 7, scale=64.0, m1=margins[0], m2=margins[1], m3=margins[2])
+    comb.load_state_dict(ref.state_dict())
+    emb, labels = inputs(ref)
     e1, e2 = emb.clone().requires_grad_(True), emb.clone().requires_grad_(True)
-    l1, l2 = arc.logits(e1, labels), comb.logits(e2, labels)
+    l1, l2 = ref.logits(e1, labels), comb.logits(e2, labels)
     assert torch.equal(l1, l2)
     F.cross_entropy(l1, labels).backward()
     F.cross_entropy(l2, labels).backward()
-    assert torch.equal(e1.grad, e2.grad) and torch.equal(arc.weight.grad, comb.weight.grad)
-
-
-@pytest.mark.parametrize("m", [0.35, 0.4])
-def test_reduces_exactly_to_cosface(m):
-    torch.manual_seed(2)
-    cos = CosFace(16, 7, scale=64.0, margin=m)
-    comb = CombinedMargin(16, 7, scale=64.0, m1=1.0, m2=0.0, m3=m)
-    comb.load_state_dict(cos.state_dict())
-    emb, labels = inputs(cos)
-    e1, e2 = emb.clone().requires_grad_(True), emb.clone().requires_grad_(True)
-    l1, l2 = cos.logits(e1, labels), comb.logits(e2, labels)
-    assert torch.equal(l1, l2)
-    F.cross_entropy(l1, labels).backward()
-    F.cross_entropy(l2, labels).backward()
-    assert torch.equal(e1.grad, e2.grad) and torch.equal(cos.weight.grad, comb.weight.grad)
+    assert torch.equal(e1.grad, e2.grad) and torch.equal(ref.weight.grad, comb.weight.grad)
 
 
 @pytest.mark.parametrize("m1, m2, m3", PARAMS)
