@@ -18,9 +18,7 @@ from typing import Any, Iterator
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid (unknown key, wrong type, bad value)."""
+from otface.errors import ConfigError
 
 
 def _f(default: Any, help: str) -> Any:

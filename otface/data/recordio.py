@@ -36,6 +36,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from otface.errors import DataError
+
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _LENGTH_BITS = 29
@@ -46,7 +48,7 @@ _RECORD_HEAD = struct.Struct("<II")
 _MAX_EXACT_FLOAT32 = 1 << 24
 
 
-class RecordIOError(ValueError):
+class RecordIOError(DataError):
     """A RecordIO file, its index or a face data set folder is malformed."""
 
 
