@@ -11,6 +11,8 @@ override naming a key that does not exist is an error, never silently ignored (S
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,25 +20,32 @@ from typing import Any, Iterator
 
 import yaml
 
-from otface.errors import ConfigError
+from otface.errors import ConfigError, one_line
+from otface.files import write_text_atomic
 
 
-def _f(default: Any, help: str) -> Any:
-    """A dataclass field with a default and a help text."""
+def _f(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,
+       le: float | None = None, lt: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with a default, a help text and the values it admits: numbers within
+    ``ge``/``gt``/``le``/``lt`` (and finite, for floats), strings among ``choices``."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    metadata = {"help": help, "bounds": bounds, "choices": choices}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
+
+SEED_LIMIT = 1 << 63  # seeds go to numpy's SeedSequence (>= 0) and torch.manual_seed
 
 @dataclass
 class SynthSection:
     """The built-in synthetic face data set (used when ``data.root`` is empty)."""
 
-    seed: int = _f(0, "seed of the synthetic identities, samples and pairs")
-    num_identities: int = _f(200, "training identities")
-    images_per_identity: int = _f(50, "training images per identity")
-    num_pairs: int = _f(1000, "pairs in each verification protocol (easy and hard), half genuine")
-    workers: int = _f(2, "processes used to render the images")
+    seed: int = _f(0, "seed of the synthetic identities, samples and pairs", ge=0, lt=SEED_LIMIT)
+    num_identities: int = _f(200, "training identities", ge=2)
+    images_per_identity: int = _f(50, "training images per identity", ge=2)
+    num_pairs: int = _f(1000, "pairs in each verification protocol (easy and hard), half genuine", ge=20)
+    workers: int = _f(2, "processes used to render the images", ge=1)
     cache_dir: str = _f("", "where generated sets are cached; empty: $OTFACE_CACHE or ~/.cache/otface")
 
 
@@ -46,19 +55,22 @@ class DataSection:
                        "root/<identity>/<image>; empty: synthetic faces")
     val_sets: list = _f([], "verification .bin files; empty with synthetic data: its easy and hard sets")
     synthetic: SynthSection = field(default_factory=SynthSection, metadata={"help": "synthetic data"})
-    sampler: str = _f("pk", "'random' (as the paper) or 'pk' (P identities x K images per batch)")
-    images_per_identity: int = _f(4, "K of the P x K sampler")
-    flip: bool = _f(True, "random horizontal flip during training")
-    num_workers: int = _f(1, "DataLoader worker processes (0: load in the main process)")
+    sampler: str = _f("pk", "'random' (as the paper) or 'pk' (P identities x K images per batch)",
+                      choices=("random", "pk"))
+    images_per_identity: int = _f(4, "K of the P x K sampler", ge=2)
+    flip: bool = _f(True, "random horizontal flip during training, drawn from (seed, epoch, batch, slot)")
+    num_workers: int = _f(1, "DataLoader worker processes (0: load in the main process)", ge=0)
     on_error: str = _f("raise", "an unreadable training image: 'raise' (stop, naming file and record) or 'skip' "
-                                "(drop it, count it, report the count at the end)")
+                                "(drop it, count it, report the count at the end)", choices=("raise", "skip"))
+    max_skip_fraction: float = _f(0.01, "with on_error=skip, stop when more than this fraction of the records, "
+                                        "or of the samples drawn so far, was unreadable", ge=0.0, le=1.0)
 
 
 @dataclass
 class ModelSection:
     backbone: str = _f("iresnet18", "backbone name (see otface.models.BACKBONES)")
-    embedding_size: int = _f(512, "embedding dimension")
-    input_size: int = _f(56, "square input side in pixels; images are resized if different")
+    embedding_size: int = _f(512, "embedding dimension", ge=1)
+    input_size: int = _f(56, "square input side in pixels; images are resized if different", ge=16)
     params: dict = _f({"width": 0.25}, "extra keyword arguments of the backbone")
 
 
@@ -70,44 +82,46 @@ class HeadSection:
 
 @dataclass
 class OTSection:
-    weight: float = _f(1.0, "w in L = L_head + w * L_OT (Eq. 10); 0 disables the OT loss")
+    weight: float = _f(1.0, "w in L = L_head + w * L_OT (Eq. 10); 0 disables the OT loss", ge=0.0)
     stage: str = _f("layer2", "backbone stage whose feature maps are compared (Table V)")
-    eps: float = _f(0.05, "entropic regulariser of Sinkhorn (Eq. 5)")
-    iters: int = _f(30, "Sinkhorn iterations (Eq. 8)")
-    tol: float = _f(0.0, "stop Sinkhorn early below this marginal error; 0: run all iterations")
-    grad: str = _f("envelope", "'envelope' (plan held fixed) or 'unrolled' (through the iterations)")
+    eps: float = _f(0.05, "entropic regulariser of Sinkhorn (Eq. 5)", gt=0.0)
+    iters: int = _f(30, "Sinkhorn iterations (Eq. 8)", ge=1)
+    tol: float = _f(0.0, "stop Sinkhorn early below this marginal error; 0: run all iterations", ge=0.0)
+    grad: str = _f("envelope", "'envelope' (plan held fixed) or 'unrolled' (through the iterations)",
+                   choices=("envelope", "unrolled"))
     margin: float = _f(0.0, "margin inside the hinge of Eq. 9")
     mining_margin: float = _f(0.0, "a group is hard when cos(a,p) + mining_margin < cos(a,n) (Eq. 1)")
-    max_groups: int = _f(128, "keep at most this many hardest groups per micro-batch; 0: all (Algorithm 1)")
-    reduction: str = _f("sum", "'sum' over hard groups (Eq. 9) or 'mean'")
-    chunk_size: int = _f(256, "OT problems solved at once (bounds memory)")
+    max_groups: int = _f(128, "keep at most this many hardest groups per micro-batch; 0: all (Algorithm 1)", ge=0)
+    reduction: str = _f("sum", "'sum' over hard groups (Eq. 9) or 'mean'", choices=("sum", "mean"))
+    chunk_size: int = _f(256, "OT problems solved at once (bounds memory)", ge=1)
 
 
 @dataclass
 class OptimSection:
-    batch_size: int = _f(64, "images per optimiser step (before gradient accumulation)")
-    grad_accum: int = _f(1, "micro-batches accumulated per optimiser step (loss scaled by 1/grad_accum)")
-    lr: float = _f(0.1, "base learning rate of SGD")
-    momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(5e-4, "SGD weight decay")
-    epochs: int = _f(6, "training epochs")
+    batch_size: int = _f(64, "images per optimiser step (before gradient accumulation)", ge=2)
+    grad_accum: int = _f(1, "micro-batches accumulated per optimiser step (loss scaled by 1/grad_accum)", ge=1)
+    lr: float = _f(0.1, "base learning rate of SGD", gt=0.0)
+    momentum: float = _f(0.9, "SGD momentum", ge=0.0, lt=1.0)
+    weight_decay: float = _f(5e-4, "SGD weight decay", ge=0.0)
+    epochs: int = _f(6, "training epochs", ge=1)
     milestones: list = _f([5], "epochs at which the learning rate is multiplied by gamma")
-    gamma: float = _f(0.1, "learning-rate decay factor at each milestone")
-    warmup_epochs: float = _f(0.0, "linear learning-rate warm-up, in epochs")
-    grad_clip: float = _f(0.0, "clip the gradient norm to this value; 0: no clipping")
+    gamma: float = _f(0.1, "learning-rate decay factor at each milestone", gt=0.0)
+    warmup_epochs: float = _f(0.0, "linear learning-rate warm-up, in epochs", ge=0.0)
+    grad_clip: float = _f(0.0, "clip the gradient norm to this value; 0: no clipping", ge=0.0)
 
 
 @dataclass
 class TrainSection:
-    seed: int = _f(0, "seed of initialisation, sampling and augmentation")
+    seed: int = _f(0, "seed of initialisation, sampling and augmentation", ge=0, lt=SEED_LIMIT)
     device: str = _f("auto", "'auto' (cuda if available), 'cpu' or 'cuda[:i]'")
-    threads: int = _f(0, "torch CPU threads; 0: torch's default")
-    amp: str = _f("none", "mixed precision: 'none', 'bf16' or 'fp16' (CUDA)")
-    log_interval: int = _f(20, "steps between log lines")
-    val_interval: int = _f(0, "epochs between validations during training; 0: only at the end")
-    checkpoint_steps: int = _f(200, "also checkpoint every this many steps (0: only at epoch ends)")
-    max_bad_steps: int = _f(20, "abort after this many consecutive non-finite losses")
-    progress: bool = _f(True, "show progress bars")
+    threads: int = _f(0, "torch CPU threads; 0: torch's default", ge=0)
+    amp: str = _f("none", "mixed precision: 'none', 'bf16' or 'fp16' (CUDA)", choices=("none", "bf16", "fp16"))
+    deterministic: bool = _f(False, "CUDA: deterministic kernels (slower; CPU runs are always deterministic)")
+    log_interval: int = _f(20, "steps between log lines", ge=1)
+    val_interval: int = _f(0, "epochs between validations during training; 0: only at the end", ge=0)
+    checkpoint_steps: int = _f(200, "also checkpoint every this many steps (0: only at epoch ends)", ge=0)
+    max_bad_steps: int = _f(20, "abort after this many consecutive non-finite losses (across epochs)", ge=1)
+    progress: bool = _f(True, "show progress bars (on terminals)")
 
 
 @dataclass
@@ -126,27 +140,58 @@ class Config:
         return dataclasses.asdict(self)
 
 
-_SCALARS = (bool, int, float, str)
-
-
 def _field_type(cls: type, f: dataclasses.Field) -> Any:
     return typing.get_type_hints(cls)[f.name]
 
 
-def _coerce(value: Any, typ: Any, key: str) -> Any:
-    """Check ``value`` against the field type; ints are accepted where a float is expected."""
+def _as_float(value: Any, key: str) -> float:
+    """A float from an int or a float, or from a string holding any float literal Python reads
+    (``1e-3`` and ``1.0e6`` are strings to YAML 1.1 when not quoted as floats)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected float, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{key}: expected float, got {value!r}")
+
+
+_BOUNDS = {"ge": (float.__ge__, ">="), "gt": (float.__gt__, ">"), "le": (float.__le__, "<="),
+           "lt": (float.__lt__, "<")}
+
+
+def _check_value(value: Any, f: dataclasses.Field, key: str) -> None:
+    """The range and choices a field's metadata admits (:func:`_f`); floats must be finite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+    for name, bound in f.metadata.get("bounds", {}).items():
+        holds, symbol = _BOUNDS[name]
+        if not holds(float(value), float(bound)):
+            raise ConfigError(f"{key}: must be {symbol} {bound:g}, got {value!r}")
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _coerce(value: Any, typ: Any, f: dataclasses.Field, key: str) -> Any:
+    """``value`` checked against the field's type, range and choices; ints and float literals in
+    strings are accepted where a float is expected."""
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return _build(typ, value, key + ".")
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if typ is bool and not isinstance(value, bool):
+    if typ is float:
+        value = _as_float(value, key)
+    elif typ is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if typ in (int, float) and (isinstance(value, bool) or not isinstance(value, typ)):
+    elif typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected int, got {value!r}")
+    elif typ in (str, list, dict) and not isinstance(value, typ):
         raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
-    if typ in (str, list, dict) and not isinstance(value, typ):
-        raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
+    _check_value(value, f, key)
     return value
 
 
@@ -158,7 +203,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
             f"unknown config key(s) {', '.join(prefix + u for u in unknown)}; "
             f"valid keys under {prefix or 'the top level'}: {', '.join(sorted(names))}"
         )
-    kwargs = {k: _coerce(v, _field_type(cls, names[k]), prefix + k) for k, v in values.items()}
+    kwargs = {k: _coerce(v, _field_type(cls, names[k]), names[k], prefix + k) for k, v in values.items()}
     return cls(**kwargs)
 
 
@@ -179,6 +224,23 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader that also reads exponent floats without a dot or an exponent sign
+    (``1e-3``, ``1e6``, ``2.5e3``) as floats, as YAML 1.2 and Python do (YAML 1.1: strings)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """``text`` read as YAML by the config loader (safe; exponent floats are floats)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """``["optim.lr=0.05", "data.val_sets=[a.bin, b.bin]"]`` -> nested dict; values parsed as YAML."""
     tree: dict[str, Any] = {}
@@ -186,7 +248,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        try:
+            value = parse_yaml(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: not a YAML value ({one_line(str(err))})") from None
+        _set_dotted(tree, key.strip(), value)
     return tree
 
 
@@ -197,9 +263,9 @@ def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[st
     if path in _chain:
         raise ConfigError(f"config {path}: circular base chain {' -> '.join(map(str, _chain + (path,)))}")
     try:
-        loaded = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read config {path}: {err}") from err
+        loaded = parse_yaml(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read config {path}: {one_line(str(err))}") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"config {path}: top level must be a mapping")
     tree = dict(loaded or {})
@@ -211,13 +277,16 @@ def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[st
     return _merge(read_config_file(path.parent / base, _chain + (path,)), tree)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file at ``path`` (if any, with its ``base:`` chain), then dotted
-    ``overrides``.
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Config:
+    """Defaults, then ``base`` (a nested dict, e.g. a checkpoint's config) or the YAML file at
+    ``path`` (if any, with its ``base:`` chain), then dotted ``overrides``.
 
     Raises ConfigError for an unknown key or a value of the wrong type.
     """
-    tree = read_config_file(path) if path is not None else {}
+    if path is not None and base is not None:
+        raise ValueError("give a config file or a base config, not both")
+    tree = read_config_file(path) if path is not None else dict(base or {})
     tree = _merge(tree, parse_overrides(overrides or []))
     cfg = _build(Config, tree)
     validate(cfg)
@@ -232,23 +301,15 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
     return cfg
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def validate(cfg: Config) -> None:
-    """Checks of values that types alone cannot catch."""
+    """Checks that involve several keys or the contents of lists and mappings (each key's own
+    type, range and choices are checked as it is read)."""
     checks = [
-        (cfg.data.sampler in ("random", "pk"), "data.sampler must be 'random' or 'pk'"),
-        (cfg.data.on_error in ("raise", "skip"), "data.on_error must be 'raise' or 'skip'"),
-        (cfg.data.images_per_identity >= 2, "data.images_per_identity must be >= 2"),
-        (cfg.optim.batch_size >= 2, "optim.batch_size must be >= 2"),
-        (cfg.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
-        (cfg.optim.epochs >= 1, "optim.epochs must be >= 1"),
-        (cfg.optim.lr > 0, "optim.lr must be > 0"),
-        (cfg.ot.weight >= 0, "ot.weight must be >= 0"),
-        (cfg.ot.eps > 0, "ot.eps must be > 0"),
-        (cfg.ot.iters >= 1, "ot.iters must be >= 1"),
-        (cfg.ot.grad in ("envelope", "unrolled"), "ot.grad must be 'envelope' or 'unrolled'"),
-        (cfg.ot.reduction in ("sum", "mean"), "ot.reduction must be 'sum' or 'mean'"),
-        (cfg.train.amp in ("none", "bf16", "fp16"), "train.amp must be 'none', 'bf16' or 'fp16'"),
-        (all(isinstance(m, (int, float)) for m in cfg.optim.milestones), "optim.milestones must be numbers"),
+        (all(_is_number(m) and m > 0 for m in cfg.optim.milestones), "optim.milestones must be numbers > 0"),
     ]
     if cfg.data.sampler == "pk":
         checks.append((
@@ -258,8 +319,7 @@ def validate(cfg: Config) -> None:
     for name, spec in cfg.losses.items():
         checks.append((
             isinstance(spec, dict) and set(spec) <= {"weight", "params"} and isinstance(spec.get("params", {}), dict)
-            and isinstance(spec.get("weight"), (int, float)) and not isinstance(spec.get("weight"), bool)
-            and spec["weight"] >= 0,
+            and _is_number(spec.get("weight")) and spec["weight"] >= 0,
             f"losses.{name} must be {{weight: number >= 0, params: {{...}}}}, got {spec!r}",
         ))
     errors = [msg for ok, msg in checks if not ok]
@@ -267,8 +327,17 @@ def validate(cfg: Config) -> None:
         raise ConfigError("; ".join(errors))
 
 
+def admitted(f: dataclasses.Field) -> str:
+    """The values a field admits, in words (``">= 0"``, ``"one of 'a', 'b'"``), or ""."""
+    parts = [f"{_BOUNDS[name][1]} {bound:g}" for name, bound in f.metadata.get("bounds", {}).items()]
+    if f.metadata.get("choices"):
+        parts.append("one of " + ", ".join(map(repr, f.metadata["choices"])))
+    return ", ".join(parts)
+
+
 def describe(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, str, Any, str]]:
-    """Yield (dotted key, type name, default, help) for every leaf key."""
+    """Yield (dotted key, type name, default, help) for every leaf key; the help ends with the
+    values the key admits."""
     default = cls()
     for f in dataclasses.fields(cls):
         typ = _field_type(cls, f)
@@ -276,10 +345,12 @@ def describe(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, str, A
             yield from describe(typ, prefix + f.name + ".")
         else:
             name = typ.__name__ if isinstance(typ, type) else str(typ)
-            yield prefix + f.name, name, getattr(default, f.name), f.metadata.get("help", "")
+            limits = admitted(f)
+            help_text = f.metadata.get("help", "") + (f" [{limits}]" if limits else "")
+            yield prefix + f.name, name, getattr(default, f.name), help_text
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the full resolved configuration as YAML."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write the full resolved configuration as YAML (atomically)."""
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 

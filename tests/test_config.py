@@ -34,9 +34,21 @@ def test_int_accepted_for_float_and_round_trip(tmp_path):
         (["optim.epochs=2.5"], "optim.epochs: expected int"),
         (["data.flip=1"], "data.flip: expected true/false"),
         (["optim"], "not of the form key=value"),
-        (["data.sampler=balanced"], "data.sampler must be"),
+        (["data.sampler=balanced"], "data.sampler: must be one of 'random', 'pk'"),
         (["optim.batch_size=30"], "multiple of data.images_per_identity"),
-        (["ot.grad=implicit"], "ot.grad must be"),
+        (["ot.grad=implicit"], "ot.grad: must be one of"),
+        (["optim.lr=.inf"], "optim.lr: must be a finite number"),
+        (["optim.lr=nan"], "optim.lr: must be a finite number"),
+        (["optim.lr=-1e-3"], "optim.lr: must be > 0"),
+        (["ot.eps=0"], "ot.eps: must be > 0"),
+        (["train.checkpoint_steps=-1"], "train.checkpoint_steps: must be >= 0"),
+        (["train.log_interval=0"], "train.log_interval: must be >= 1"),
+        (["train.seed=-3"], "train.seed: must be >= 0"),
+        (["optim.momentum=1.5"], "optim.momentum: must be < 1"),
+        (["data.max_skip_fraction=2"], "data.max_skip_fraction: must be <= 1"),
+        (["optim.milestones=[5, .inf]"], "optim.milestones must be numbers > 0"),
+        (["losses.center={weight: .nan}"], "losses.center must be"),
+        (["optim.lr=[1"], "override 'optim.lr=[1': not a YAML value"),
     ],
 )
 def test_bad_keys_and_values_are_errors(override, message):
@@ -90,3 +102,23 @@ def test_circular_or_bad_base_is_an_error(tmp_path):
 def test_bad_aux_loss_spec_is_an_error(spec):
     with pytest.raises(ConfigError, match="losses.center must be"):
         load_config(None, [f"losses.center={spec}"])
+
+
+@pytest.mark.parametrize("text, value", [("1e-3", 1e-3), ("1.0e6", 1e6), ("1E6", 1e6), ("2.5e+2", 250.0),
+                                         (".5", 0.5), ("5.", 5.0), ("'1e-3'", 1e-3), ("1_000.5", 1000.5)])
+def test_every_python_float_literal_is_a_float(text, value, tmp_path):
+    assert load_config(None, [f"optim.lr={text}"]).optim.lr == value
+    (tmp_path / "c.yaml").write_text(f"optim:\n  lr: {text}\n")
+    assert load_config(tmp_path / "c.yaml").optim.lr == value
+
+
+def test_exponent_floats_stay_floats_inside_mappings_and_lists():
+    cfg = load_config(None, ["head.params={scale: 1e2, margin: 5e-1}", "optim.milestones=[1e1, 2e1]"])
+    assert cfg.head.params == {"scale": 100.0, "margin": 0.5} and cfg.optim.milestones == [10.0, 20.0]
+
+
+def test_list_keys_says_what_each_key_admits():
+    helps = {key: help_text for key, _, _, help_text in describe()}
+    assert helps["optim.lr"].endswith("[> 0]")
+    assert helps["data.sampler"].endswith("[one of 'random', 'pk']")
+    assert helps["data.max_skip_fraction"].endswith("[>= 0, <= 1]")
