@@ -16,13 +16,22 @@ what every published ArcFace model expects at its input, so raw photos with land
 :func:`align_folder` aligns a folder of photos listed in a landmarks file (one
 ``relative/path x1 y1 x2 y2 x3 y3 x4 y4 x5 y5`` line per face, the landmark order above) into a
 folder of the same layout, ready for ``otface data pack``.
+
+Landmark order, as in insightface and RetinaFace: the eye on the image's left comes first (the
+person's right eye), then the other eye, the nose tip, the mouth corner on the image's left, the
+other mouth corner. A file in the mirrored order gives crops of mirrored faces; it is detected
+(the best fit onto the template would need a reflection) and warned about, as are landmarks
+outside the photo.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
-from pathlib import Path
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePath
 
 import numpy as np
 from PIL import Image
@@ -30,6 +39,9 @@ from tqdm.auto import tqdm
 
 from otface.data.skipping import check_on_error, raise_or_skip
 from otface.data.transforms import read_image
+from otface.errors import ConfigError, DataError, RunError
+
+log = logging.getLogger("otface.data")
 
 # (x, y) of the five landmarks in a 112x112 aligned crop (insightface's ``arcface_dst``).
 ARCFACE_TEMPLATE = np.array(
@@ -74,15 +86,27 @@ def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     var_s = (s**2).sum() / len(src)
     if var_s == 0:
         raise ValueError("src points all coincide: no similarity transform is defined")
-    cov = d.T @ s / len(src)  # Eq. 38
-    u, sigma, vt = np.linalg.svd(cov)
+    u, sigma, vt = np.linalg.svd(d.T @ s / len(src))  # Eq. 38
     sign = np.eye(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:  # Eq. 39: keep a rotation, not a reflection
+    if _reflects(u, vt):  # Eq. 39: keep a rotation, not a reflection
         sign[1, 1] = -1.0
     rotation = u @ sign @ vt  # Eq. 40
     scale = np.trace(np.diag(sigma) @ sign) / var_s  # Eq. 42
     translation = mu_d - scale * rotation @ mu_s  # Eq. 41
     return np.hstack([scale * rotation, translation[:, None]])
+
+
+def _reflects(u: np.ndarray, vt: np.ndarray) -> bool:
+    return np.linalg.det(u) * np.linalg.det(vt) < 0
+
+
+def is_mirrored(landmarks: np.ndarray) -> bool:
+    """Whether the five ``landmarks`` (5, 2) are listed in the mirrored order: the orthogonal map
+    that fits them best onto the template is a reflection (Umeyama's Eq. 39 sign)."""
+    src = _points("landmarks", landmarks)
+    dst = ARCFACE_TEMPLATE
+    u, _, vt = np.linalg.svd((dst - dst.mean(0)).T @ (src - src.mean(0)))
+    return bool(_reflects(u, vt))
 
 
 def warp_affine(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -137,28 +161,104 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.
     return warp_affine(image, alignment_matrix(landmarks, size), (size, size))
 
 
-def read_landmarks(path: str | os.PathLike) -> list[tuple[str, np.ndarray]]:
-    """Parse a landmarks file: ``(relative image path, (5, 2) landmarks)`` per non-blank line, in
-    file order. A line is the path and 10 numbers x1 y1 ... x5 y5; an 11th number (a detector
-    score, as in IJB's ``*_name_5pts_score.txt``) is allowed and ignored."""
-    entries = []
+@dataclass(frozen=True)
+class LandmarkLine:
+    """One line of a landmarks file: the photo's path as listed, its (5, 2) landmarks (x, y in
+    pixels, the order of the module docstring) and the line number."""
+
+    name: str
+    points: np.ndarray
+    lineno: int
+
+
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)", re.IGNORECASE)
+
+
+def read_landmarks(path: str | os.PathLike) -> list[LandmarkLine]:
+    """Parse a landmarks file: a :class:`LandmarkLine` per non-blank line, in file order.
+
+    A line is the photo's path, then 10 numbers x1 y1 ... x5 y5, optionally an 11th (a detector
+    score, as in IJB's ``*_name_5pts_score.txt``, ignored). The path may hold spaces: it is what
+    precedes the numbers. Whether the file has the score column is decided by its first line
+    (a path whose last space-separated part is a number is then ambiguous there: such a file is
+    refused at its second line) and holds for every line. Errors name the file and line.
+    """
+    entries: list[LandmarkLine] = []
+    columns = None
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
+            tokens = list(re.finditer(r"\S+", line))
+            if not tokens:
                 continue
-            if len(fields) not in (11, 12):
-                raise ValueError(f"{path}:{lineno}: expected 'path x1 y1 ... x5 y5', got {len(fields)} fields")
-            try:
-                points = np.array([float(v) for v in fields[1:11]]).reshape(5, 2)
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: landmark coordinates must be numbers: {line.strip()!r}") from None
+            numeric = 0
+            while numeric < len(tokens) - 1 and _NUMBER.fullmatch(tokens[-1 - numeric].group()):
+                numeric += 1
+            wanted = columns or min(numeric, 11)
+            if numeric < wanted or wanted < 10:
+                if numeric < len(tokens) - 1 and len(tokens) >= 11:
+                    bad = tokens[len(tokens) - 1 - numeric].group()
+                    raise DataError(f"{path}:{lineno}: landmark coordinates must be numbers, got {bad!r}")
+                expected = f"{wanted} numbers" if columns else "10 numbers (and an optional score)"
+                raise DataError(f"{path}:{lineno}: expected 'path x1 y1 ... x5 y5', the path then {expected}; "
+                                f"got {len(tokens)} fields")
+            columns = wanted
+            first = tokens[len(tokens) - wanted]
+            name = line[: first.start()].strip()
+            points = np.array([float(t.group()) for t in tokens[len(tokens) - wanted:][:10]]).reshape(5, 2)
             if not np.isfinite(points).all():
-                raise ValueError(f"{path}:{lineno}: landmark coordinates must be finite")
-            entries.append((fields[0], points))
+                raise DataError(f"{path}:{lineno}: landmark coordinates must be finite")
+            if np.ptp(points, axis=0).max() == 0:
+                raise DataError(f"{path}:{lineno}: the five landmarks of {name!r} coincide")
+            entries.append(LandmarkLine(name, points, lineno))
     if not entries:
-        raise ValueError(f"{path}: no landmarks listed")
+        raise DataError(f"{path}: no landmarks listed")
     return entries
+
+
+def landmark_warnings(points: np.ndarray, height: int, width: int) -> list[str]:
+    """What looks wrong with a photo's landmarks (5, 2): points outside the height x width
+    photo, or the mirrored order (:func:`is_mirrored`)."""
+    warnings = []
+    outside = (points[:, 0] < 0) | (points[:, 0] > width - 1) | (points[:, 1] < 0) | (points[:, 1] > height - 1)
+    if outside.any():
+        warnings.append(f"{int(outside.sum())} landmarks lie outside the {width}x{height} photo")
+    if is_mirrored(points):
+        warnings.append("the landmarks are in the mirrored order (the eye on the image's left comes first), "
+                        "so the crop shows a mirrored face")
+    return warnings
+
+
+def _output_paths(src: Path, dst: Path, landmarks: str | os.PathLike,
+                  entries: list[LandmarkLine]) -> list[Path]:
+    """The crop path in ``dst`` of each entry, refusing a listed path that leaves ``src``, two
+    entries with one output, and an output outside ``dst`` or over a listed photo."""
+    if src.resolve() == dst.resolve():
+        raise ConfigError(f"the output folder {dst} is the photo folder: choose another, the crops would "
+                          "replace the photos")
+    outputs: dict[Path, LandmarkLine] = {}
+    inputs = set()
+    root = dst.resolve()
+    for entry in entries:
+        rel = PurePath(os.path.normpath(entry.name))
+        if rel.is_absolute() or rel.parts[:1] == ("..",) or entry.name in ("", "."):
+            raise DataError(f"{landmarks}:{entry.lineno}: path {entry.name!r} leaves the photo folder {src}: "
+                            "list paths relative to it")
+        out = (dst / rel).with_suffix(".jpg")
+        if out in outputs:
+            other = outputs[out]
+            raise DataError(f"{landmarks}:{entry.lineno}: {entry.name!r} and line {other.lineno} "
+                            f"({other.name!r}) would both be written to {out}")
+        resolved = out.resolve()
+        if not resolved.is_relative_to(root):
+            raise DataError(f"{landmarks}:{entry.lineno}: the crop of {entry.name!r} would be written outside "
+                            f"{dst} (to {resolved}, through a link)")
+        outputs[out] = entry
+        inputs.add((src / rel).resolve())
+    for out, entry in outputs.items():
+        if out.resolve() in inputs:
+            raise DataError(f"{landmarks}:{entry.lineno}: the crop of {entry.name!r} would overwrite a listed "
+                            f"photo, {out}")
+    return list(outputs)
 
 
 def align_folder(src: str | os.PathLike, landmarks: str | os.PathLike, dst: str | os.PathLike, size: int = 112,
@@ -168,23 +268,34 @@ def align_folder(src: str | os.PathLike, landmarks: str | os.PathLike, dst: str 
 
     Each aligned ``size`` x ``size`` crop is written as JPEG at ``quality`` under the same relative
     path in ``dst`` (extension ``.jpg``), so ``src/<identity>/<photo>`` becomes an image-folder
-    training set. A photo that is missing or cannot be decoded raises ``ValueError`` naming it and
-    the landmarks line; with ``on_error="skip"`` it is left out and listed. Returns (number of
-    crops written, [(relative path, reason)] skipped).
+    training set. Nothing is written outside ``dst``: a listed path that leaves ``src``, two photos
+    with one crop name (``x.jpg``, ``x.png``) or a crop that would replace a listed photo is a
+    :class:`DataError` naming the line, raised before anything is written. A photo that is missing
+    or cannot be decoded raises ``DataError`` naming it and the landmarks line; with
+    ``on_error="skip"`` it is left out and listed. Suspicious landmarks are logged as warnings
+    (:func:`landmark_warnings`). Returns (number of crops written, [(relative path, reason)]
+    skipped).
     """
     check_on_error(on_error)
     src, dst = Path(src), Path(dst)
+    entries = read_landmarks(landmarks)
+    outputs = _output_paths(src, dst, landmarks, entries)
     written, skipped = 0, []
-    for name, points in tqdm(read_landmarks(landmarks), desc="align", unit="img", disable=not progress):
+    for entry, out in tqdm(list(zip(entries, outputs)), desc="align", unit="img", disable=not progress):
+        where = f"{src / entry.name} (listed in {landmarks}:{entry.lineno})"
         try:
-            image = read_image(src / name)
-        except ValueError as exc:
-            raise_or_skip(f"{src / name} (listed in {landmarks}): {exc}", on_error, skipped, name)
+            image = read_image(src / entry.name)
+        except DataError as exc:
+            raise_or_skip(f"{where}: {exc}", on_error, skipped, entry.name)
             continue
-        out = (dst / name).with_suffix(".jpg")
-        out.parent.mkdir(parents=True, exist_ok=True)
+        for warning in landmark_warnings(entry.points, *image.shape[:2]):
+            log.warning("%s: %s", where, warning)
         buf = io.BytesIO()
-        Image.fromarray(align_face(image, points, size)).save(buf, "JPEG", quality=quality)
-        out.write_bytes(buf.getvalue())
+        Image.fromarray(align_face(image, entry.points, size)).save(buf, "JPEG", quality=quality)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(buf.getvalue())
+        except OSError as err:
+            raise RunError(f"cannot write {out}: {err.strerror or err}") from None
         written += 1
     return written, skipped

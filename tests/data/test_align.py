@@ -9,10 +9,12 @@ from otface.data.align import (
     align_folder,
     alignment_matrix,
     estimate_similarity,
+    is_mirrored,
     read_landmarks,
     template,
     warp_affine,
 )
+from otface.errors import ConfigError, DataError
 
 
 def _similarity(angle: float, scale: float, tx: float, ty: float) -> np.ndarray:
@@ -159,3 +161,87 @@ def test_read_landmarks_rejects_malformed_files(tmp_path, text, message):
     (tmp_path / "lm.txt").write_text(text)
     with pytest.raises(ValueError, match=message):
         read_landmarks(tmp_path / "lm.txt")
+
+
+def _landmark_line(name, landmarks):
+    return name + " " + " ".join(f"{v:.3f}" for v in np.asarray(landmarks).ravel())
+
+
+def _photo_folder(tmp_path, names, seed=7):
+    rng = np.random.default_rng(seed)
+    lines = []
+    for name in names:
+        photo, landmarks = _photo_with_landmarks(rng)
+        (tmp_path / "raw" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo).save(tmp_path / "raw" / name)
+        lines.append((name, landmarks))
+    return lines
+
+
+@pytest.mark.parametrize("listed", ["ABS", "../raw/anna/1.png", "anna/../../raw/anna/1.png"])
+def test_a_path_that_leaves_the_photo_folder_is_an_error_and_nothing_is_written(tmp_path, listed):
+    (name, landmarks), = _photo_folder(tmp_path, ["anna/1.png"])
+    original = (tmp_path / "raw" / name).read_bytes()
+    listed = str(tmp_path / "raw" / name) if listed == "ABS" else listed
+    (tmp_path / "lm.txt").write_text(_landmark_line(name, landmarks) + "\n" + _landmark_line(listed, landmarks) + "\n")
+    with pytest.raises(DataError, match=r"lm.txt:2: path .* leaves the photo folder"):
+        align_folder(tmp_path / "raw", tmp_path / "lm.txt", tmp_path / "raw" / "anna", progress=False)
+    assert (tmp_path / "raw" / name).read_bytes() == original
+    assert sorted(p.name for p in (tmp_path / "raw" / "anna").iterdir()) == ["1.png"]
+
+
+def test_outputs_never_replace_photos_nor_each_other(tmp_path):
+    lines = _photo_folder(tmp_path, ["x.jpg", "x.png", "out/x.jpg"])
+    text = "\n".join(_landmark_line(n, lm) for n, lm in lines) + "\n"
+    (tmp_path / "lm.txt").write_text(text)
+    with pytest.raises(DataError, match=r"lm.txt:2: 'x.png' and line 1 \('x.jpg'\) would both be written"):
+        align_folder(tmp_path / "raw", tmp_path / "lm.txt", tmp_path / "aligned", progress=False)
+    (tmp_path / "lm.txt").write_text("\n".join(_landmark_line(n, lm) for n, lm in lines[1:]) + "\n")
+    with pytest.raises(DataError, match=r"lm.txt:1: the crop of 'x.png' would overwrite a listed photo"):
+        align_folder(tmp_path / "raw", tmp_path / "lm.txt", tmp_path / "raw" / "out", progress=False)
+    with pytest.raises(ConfigError, match="is the photo folder"):
+        align_folder(tmp_path / "raw", tmp_path / "lm.txt", tmp_path / "raw" / ".", progress=False)
+    assert not (tmp_path / "aligned").exists()
+
+
+def test_paths_with_spaces_and_line_numbers_in_errors(tmp_path):
+    (name, landmarks), = _photo_folder(tmp_path, ["ann smith/photo 1.png"])
+    (tmp_path / "lm.txt").write_text("\n" + _landmark_line(name, landmarks) + " 0.98\n")
+    entries = read_landmarks(tmp_path / "lm.txt")
+    assert [(e.name, e.lineno) for e in entries] == [(name, 2)]
+    np.testing.assert_allclose(entries[0].points, np.round(landmarks, 3))
+    assert align_folder(tmp_path / "raw", tmp_path / "lm.txt", tmp_path / "out", progress=False) == (1, [])
+    assert (tmp_path / "out" / "ann smith" / "photo 1.jpg").is_file()
+
+    (tmp_path / "lm.txt").write_text(_landmark_line("a.jpg", landmarks) + " 0.9\n" + _landmark_line("b.jpg", landmarks)
+                                     + "\n")
+    with pytest.raises(DataError, match=r"lm.txt:2: expected .* 11 numbers"):  # the score column is the file's
+        read_landmarks(tmp_path / "lm.txt")
+    (tmp_path / "lm.txt").write_text("a.jpg" + " 5.0" * 10 + "\n")
+    with pytest.raises(DataError, match=r"lm.txt:1: the five landmarks of 'a.jpg' coincide"):
+        read_landmarks(tmp_path / "lm.txt")
+
+
+def test_mirrored_order_and_points_outside_the_photo_are_warned_about(tmp_path, caplog):
+    (name, landmarks), = _photo_folder(tmp_path, ["a.png"])
+    mirrored = landmarks[[1, 0, 2, 4, 3]]  # the person's left eye first: the mirrored order
+    outside = landmarks + [0, 150]
+    text = "\n".join(_landmark_line(n, lm) for n, lm in [(name, landmarks), ("b.png", mirrored), ("c.png", outside)])
+    for other in ("b.png", "c.png"):
+        (tmp_path / "raw" / other).write_bytes((tmp_path / "raw" / name).read_bytes())
+    (tmp_path / "lm.txt").write_text(text + "\n")
+    with caplog.at_level("WARNING", logger="otface.data"):
+        assert align_folder(tmp_path / "raw", tmp_path / "lm.txt", tmp_path / "out", progress=False)[0] == 3
+    warned = {r.getMessage().split(" (listed")[0].rsplit("/", 1)[-1]: r.getMessage() for r in caplog.records}
+    assert set(warned) == {"b.png", "c.png"}
+    assert "lm.txt:2" in warned["b.png"] and "mirrored order" in warned["b.png"]
+    assert "lm.txt:3" in warned["c.png"] and "outside the 140x160 photo" in warned["c.png"]
+
+
+def test_is_mirrored_tells_the_order_under_any_similarity():
+    rng = np.random.default_rng(3)
+    swapped = ARCFACE_TEMPLATE[[1, 0, 2, 4, 3]]  # eyes and mouth corners exchanged: the mirrored order
+    for _ in range(20):
+        m = _similarity(rng.uniform(-np.pi, np.pi), rng.uniform(0.5, 3), *rng.uniform(-50, 50, 2))
+        assert not is_mirrored(_apply(m, ARCFACE_TEMPLATE))
+        assert is_mirrored(_apply(m, swapped))
