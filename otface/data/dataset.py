@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from otface.data.recordio import RecordHeader, RecordIOError, RecordReader, read_property, unpack_record
-from otface.data.transforms import decode_image, training_input
+from otface.data.transforms import decode_image, to_chw
 
 
 class RecordDataset(Dataset):
@@ -18,9 +18,8 @@ class RecordDataset(Dataset):
 
     With an insightface record 0 (flag > 0) the images are the keys ``range(1, label[0])``;
     without one, every key of the index is an image. Items are ``(image, label)``: a uint8
-    (3, H, W) RGB tensor, randomly flipped left-right when ``flip`` is set
-    (:func:`transforms.training_input`; :func:`transforms.network_input` makes a batch of them
-    network inputs), and an int.
+    (3, H, W) RGB tensor (:func:`transforms.network_input` makes a batch of them network inputs;
+    the trainer flips them, :func:`transforms.flip_draws`), and an int.
 
     ``validate_labels`` reads every record header at construction (no image is decoded) and
     checks each label lies in [0, num_classes); without it the check happens per item and when
@@ -29,10 +28,8 @@ class RecordDataset(Dataset):
     raising, image and label together, and lists them in ``skipped`` as (key, message).
     """
 
-    def __init__(self, root: str | os.PathLike, flip: bool = True, validate_labels: bool = True,
-                 skip_unreadable: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike, validate_labels: bool = True, skip_unreadable: bool = False) -> None:
         self.root = Path(root)
-        self.flip = flip
         self.num_classes, self.height, self.width = read_property(self.root)
         self.reader = RecordReader(self.root / "train.rec", self.root / "train.idx", check_offsets=not skip_unreadable)
         if 0 in self.reader and self.reader.read_header(0).flag > 0:
@@ -69,6 +66,14 @@ class RecordDataset(Dataset):
         return len(self.keys)
 
     def _label(self, key: int, header: RecordHeader) -> int:
+        """The label of image record ``key``, checked; and its header's id, which insightface's
+        writers set to the key (0: not recorded), must name it -- else the index points ``key``
+        at another image's record."""
+        if header.id not in (0, key):
+            raise RecordIOError(
+                f"{self.reader.rec_path}: record {key} at offset {self.reader.offset(key)} holds the image of key "
+                f"{header.id} (its header's id): {self.reader.idx_path} points key {key} at another record"
+            )
         value = float(header.label if header.flag == 0 else header.label[0])
         if not 0 <= value < self.num_classes:
             raise RecordIOError(
@@ -105,5 +110,5 @@ class RecordDataset(Dataset):
                 f"{self.reader.rec_path}: record {key}: image is {image.shape[1]}x{image.shape[0]}, "
                 f"property says {self.width}x{self.height}"
             )
-        return training_input(image, self.flip), label
+        return to_chw(image), label
 

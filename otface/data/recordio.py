@@ -157,8 +157,10 @@ class RecordWriter:
 
 
 def read_index(idx_path: str | os.PathLike) -> dict[int, int]:
-    """Parse a ``.idx`` file into {key: byte offset}, in file order."""
+    """Parse a ``.idx`` file into {key: byte offset}, in file order. A key listed twice, or two
+    keys at one offset (one record read twice), is a :class:`RecordIOError` naming both lines."""
     index: dict[int, int] = {}
+    at: dict[int, tuple[int, int]] = {}  # offset -> (key, line)
     with open(idx_path, "r", encoding="ascii") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -171,7 +173,12 @@ def read_index(idx_path: str | os.PathLike) -> dict[int, int]:
                 raise RecordIOError(f"{idx_path}:{lineno}: expected 'key<TAB>offset', got {got!r}") from None
             if key in index:
                 raise RecordIOError(f"{idx_path}:{lineno}: key {key} listed twice")
+            if offset in at:
+                other, other_line = at[offset]
+                raise RecordIOError(f"{idx_path}:{lineno}: key {key} points at offset {offset}, the record of key "
+                                    f"{other} (line {other_line}): one record would be read as two")
             index[key] = offset
+            at[offset] = (key, lineno)
     return index
 
 

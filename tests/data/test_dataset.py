@@ -8,7 +8,6 @@ from torch.utils.data import DataLoader
 
 from otface.data.dataset import RecordDataset
 from otface.data.recordio import RecordIOError, RecordWriter, pack_record, write_face_dataset
-from support.flips import assert_flips_both_ways
 
 
 def _image(seed: int, size: int = 12) -> np.ndarray:
@@ -36,7 +35,7 @@ def _expected(array: np.ndarray) -> torch.Tensor:
 
 def test_items_labels_and_length(folder):
     root, arrays, labels = folder
-    ds = RecordDataset(root, flip=False)
+    ds = RecordDataset(root)
     assert len(ds) == 6 and ds.num_classes == 3
     assert ds.labels.dtype == np.int64 and ds.labels.tolist() == labels
     for i in range(6):
@@ -45,15 +44,9 @@ def test_items_labels_and_length(folder):
         torch.testing.assert_close(x, _expected(arrays[i]), rtol=0, atol=0)
 
 
-def test_flip_gives_the_image_or_its_mirror(folder):
-    root, arrays, _ = folder
-    ds = RecordDataset(root, flip=True)
-    assert_flips_both_ways(lambda: ds[3][0], _expected(arrays[3]), _expected(arrays[3][:, ::-1].copy()))
-
-
 def test_dataloader_workers_read_the_same_data(folder):
     root, _, labels = folder
-    ds = RecordDataset(root, flip=False)
+    ds = RecordDataset(root)
     ds[0]  # map the file in the parent before the workers fork
     loader = DataLoader(ds, batch_size=3, num_workers=2, shuffle=False)
     xs, ys = zip(*loader)
@@ -92,7 +85,7 @@ def test_negative_label_is_named(tmp_path):
 
 def test_folder_without_header_record_uses_every_key(tmp_path):
     _raw_folder(tmp_path, [1, 0, 1], num_classes=2, with_header=False)
-    ds = RecordDataset(tmp_path, flip=False)
+    ds = RecordDataset(tmp_path)
     assert len(ds) == 3 and ds.labels.tolist() == [1, 0, 1]
 
 
@@ -118,9 +111,39 @@ def test_truncated_rec_is_an_error_or_drops_the_lost_records_with_their_labels(f
     (root / "train.rec").write_bytes(data[:cut])
     with pytest.raises(RecordIOError, match=r"train\.(rec|idx)"):
         RecordDataset(root)
-    ds = RecordDataset(root, flip=False, skip_unreadable=True)
+    ds = RecordDataset(root, skip_unreadable=True)
     assert [key for key, _ in ds.skipped] == [4, 5, 6]
     assert all("truncated record" in reason for _, reason in ds.skipped)
     assert ds.keys.tolist() == [1, 2, 3] and ds.labels.tolist() == labels[:3]
     for i in range(3):
         assert torch.equal(ds[i][0], _expected(arrays[i])) and ds[i][1] == labels[i]
+
+
+def _rewrite_index(root, edit):
+    """Rewrite train.idx with ``edit``({key: offset}) -> {key: offset}."""
+    lines = [line.split("\t") for line in (root / "train.idx").read_text().splitlines()]
+    index = edit({int(k): int(v) for k, v in lines})
+    (root / "train.idx").write_text("".join(f"{k}\t{v}\n" for k, v in index.items()))
+
+
+def test_an_index_entry_at_another_records_start_is_refused(folder):
+    root, _, _ = folder
+    _rewrite_index(root, lambda index: {**index, 5: index[2]})  # key 5 points at record 2
+    with pytest.raises(RecordIOError, match=r"train.idx:6: key 5 points at offset \d+, the record of key 2 "
+                                            r"\(line 3\): one record would be read as two"):
+        RecordDataset(root)
+
+
+def test_a_permuted_index_is_caught_by_the_header_ids(folder):
+    root, _, _ = folder
+    _rewrite_index(root, lambda index: {**index, 3: index[4], 4: index[3]})  # keys 3 and 4 exchanged
+    with pytest.raises(RecordIOError, match=r"record 3 at offset \d+ holds the image of key 4 \(its header's id\)"):
+        RecordDataset(root)
+
+
+def test_records_without_an_id_are_read(tmp_path):
+    with RecordWriter(tmp_path / "train.rec", tmp_path / "train.idx") as writer:
+        for key in range(3):
+            writer.write(key, pack_record(float(key), _png(_image(key)), id=0))  # id 0: not recorded
+    (tmp_path / "property").write_text("3,12,12\n")
+    assert RecordDataset(tmp_path).labels.tolist() == [0, 1, 2]
