@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from otface.data.align import align_face
 from otface.data.skipping import check_on_error
 from otface.data.transforms import read_image, to_chw
+from otface.errors import ConfigError, DataError, InputNotFoundError, one_line
 
 ALIGNED_SIZE = 112
 NAMES = ("IJBB", "IJBC")
@@ -54,7 +55,7 @@ def canonical_name(name: str) -> str:
     """``"IJBB"`` or ``"IJBC"`` for any spelling such as ``ijbc`` or ``IJB-C``."""
     canon = name.upper().replace("-", "").replace("_", "")
     if canon not in NAMES:
-        raise ValueError(f"IJB set name must be one of {NAMES}, got {name!r}")
+        raise ConfigError(f"IJB set name must be one of {NAMES}, got {name!r}")
     return canon
 
 
@@ -74,22 +75,25 @@ def _records(path: Path, fields: str) -> Iterator[tuple[int, list[str]]]:
     hold exactly the space-separated ``fields``."""
     names = fields.split()
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            if len(tokens) != len(names):
-                raise ValueError(f"{path}:{lineno}: expected {len(names)} fields ({fields}), got "
-                                 f"{len(tokens)}: {line.strip()[:200]!r}")
-            yield lineno, tokens
+        try:
+            for lineno, line in enumerate(f, 1):
+                tokens = line.split()
+                if not tokens:
+                    continue
+                if len(tokens) != len(names):
+                    raise DataError(f"{path}:{lineno}: expected {len(names)} fields ({fields}), got "
+                                    f"{len(tokens)}: {line.strip()[:200]!r}")
+                yield lineno, tokens
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
 def _number(kind: type, token: str, path: Path, lineno: int, what: str) -> int | float:
     try:
         return kind(token)
     except ValueError:
-        raise ValueError(f"{path}:{lineno}: {what} must be {'an integer' if kind is int else 'a number'}, "
-                         f"got {token!r}") from None
+        raise DataError(f"{path}:{lineno}: {what} must be {'an integer' if kind is int else 'a number'}, "
+                        f"got {token!r}") from None
 
 
 def _line_of_record(path: Path, fields: str, row: int) -> int:
@@ -112,7 +116,7 @@ def read_face_tid_mid(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarr
         medias.append(_number(int, mid, path, lineno, "media_id"))
         lines.append(lineno)
     if not names:
-        raise ValueError(f"{path}: no images listed")
+        raise DataError(f"{path}: no images listed")
     return names, np.array(templates, dtype=np.int64), np.array(medias, dtype=np.int64), np.array(lines, dtype=np.int64)
 
 
@@ -131,12 +135,16 @@ def read_name_5pts_score(path: str | Path) -> tuple[list[str], np.ndarray, np.nd
         values.append([_number(float, t, path, lineno, what) for t, what in zip(tokens[1:], fields.split()[1:])])
         lines.append(lineno)
     if not names:
-        raise ValueError(f"{path}: no images listed")
+        raise DataError(f"{path}: no images listed")
     values = np.array(values, dtype=np.float32)
     bad = np.flatnonzero(~np.isfinite(values).all(1))
     if len(bad):
-        raise ValueError(f"{path}:{lines[bad[0]]}: landmarks and score must be finite, got {values[bad[0]].tolist()}")
-    return names, values[:, :10].reshape(-1, 5, 2), values[:, 10], np.array(lines, dtype=np.int64)
+        raise DataError(f"{path}:{lines[bad[0]]}: landmarks and score must be finite, got {values[bad[0]].tolist()}")
+    landmarks = values[:, :10].reshape(-1, 5, 2)
+    bad = np.flatnonzero((landmarks == landmarks[:, :1]).all((1, 2)))
+    if len(bad):  # no similarity maps one point onto the five of the template
+        raise DataError(f"{path}:{lines[bad[0]]}: the five landmarks coincide at {landmarks[bad[0], 0].tolist()}")
+    return names, landmarks, values[:, 10], np.array(lines, dtype=np.int64)
 
 
 def read_template_pair_label(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -158,15 +166,19 @@ def read_template_pair_label(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         for lineno, tokens in _records(path, fields):  # name the malformed line
             for token, what in zip(tokens, fields.split()):
                 _number(int, token, path, lineno, what)
-        raise error
+        raise DataError(f"{path}: not a table of 64-bit integers ({one_line(str(error))})")
     if table.size == 0:
-        raise ValueError(f"{path}: no pairs listed")
+        raise DataError(f"{path}: no pairs listed")
     if table.shape[1] != 3:
         next(_records(path, fields))  # raises, naming the first line
     bad = np.flatnonzero((table[:, 2] != 0) & (table[:, 2] != 1))
     if len(bad):
-        raise ValueError(f"{path}:{_line_of_record(path, fields, int(bad[0]))}: label must be 0 or 1, "
-                         f"got {table[bad[0], 2]}")
+        raise DataError(f"{path}:{_line_of_record(path, fields, int(bad[0]))}: label must be 0 or 1, "
+                        f"got {table[bad[0], 2]}")
+    genuine = int(table[:, 2].sum())
+    if genuine in (0, len(table)):
+        raise DataError(f"{path}: all {len(table)} pairs are {'impostor' if genuine == 0 else 'genuine'}: "
+                        "verification needs both kinds")
     return table[:, :2].copy(), table[:, 2].copy()
 
 
@@ -196,7 +208,7 @@ class IJBMeta:
 def load_ijb_meta(root: str | Path, name: str) -> IJBMeta:
     """Read and cross-check the meta files of set ``name`` (``IJBB`` / ``IJBC``) under ``root``.
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` (naming file and line) for
+    Raises ``InputNotFoundError`` for a missing file and ``DataError`` (naming file and line) for
     a malformed line, image lists that differ in length or names, or a pair naming a template
     that has no image (insightface would silently score such a pair against template row 0).
     """
@@ -204,25 +216,25 @@ def load_ijb_meta(root: str | Path, name: str) -> IJBMeta:
     paths = ijb_paths(root, name)
     for key in ("face_tid_mid", "template_pair_label", "name_5pts_score"):
         if not paths[key].is_file():
-            raise FileNotFoundError(f"{name} meta file not found: {paths[key]}")
+            raise InputNotFoundError(f"{name} meta file not found: {paths[key]}")
     names, templates, medias, tid_lines = read_face_tid_mid(paths["face_tid_mid"])
     names5, landmarks, faceness, lines5 = read_name_5pts_score(paths["name_5pts_score"])
     if len(names) != len(names5):
-        raise ValueError(f"{paths['face_tid_mid']} lists {len(names)} images but {paths['name_5pts_score']} "
-                         f"lists {len(names5)}: they must list the same images in the same order")
+        raise DataError(f"{paths['face_tid_mid']} lists {len(names)} images but {paths['name_5pts_score']} "
+                        f"lists {len(names5)}: they must list the same images in the same order")
     differ = next((k for k, (a, b) in enumerate(zip(names, names5)) if a != b), None)
     if differ is not None:
-        raise ValueError(f"{paths['face_tid_mid']}:{tid_lines[differ]} names image {names[differ]!r} but "
-                         f"{paths['name_5pts_score']}:{lines5[differ]} names {names5[differ]!r}: the two "
-                         "lists must list the same images in the same order")
+        raise DataError(f"{paths['face_tid_mid']}:{tid_lines[differ]} names image {names[differ]!r} but "
+                        f"{paths['name_5pts_score']}:{lines5[differ]} names {names5[differ]!r}: the two "
+                        "lists must list the same images in the same order")
     pairs, labels = read_template_pair_label(paths["template_pair_label"])
     unknown = np.flatnonzero(~np.isin(pairs, templates).all(1))
     if len(unknown):
         row = int(unknown[0])
         line = _line_of_record(paths["template_pair_label"], "template_1 template_2 label", row)
         missing = next(int(t) for t in pairs[row] if not np.isin(t, templates))
-        raise ValueError(f"{paths['template_pair_label']}:{line}: template {missing} is not in "
-                         f"{paths['face_tid_mid']} ({len(unknown)} pairs name unknown templates)")
+        raise DataError(f"{paths['template_pair_label']}:{line}: template {missing} is not in "
+                        f"{paths['face_tid_mid']} ({len(unknown)} pairs name unknown templates)")
     return IJBMeta(name, Path(root), names, templates, medias, landmarks, faceness, lines5, pairs, labels)
 
 
@@ -243,19 +255,19 @@ class IJBFaces(Dataset):
         return len(self.names)
 
     def load(self, index: int) -> torch.Tensor:
-        """uint8 (3, 112, 112) aligned RGB face of image ``index``; ``ValueError`` naming the image
-        and its meta line when it is missing or cannot be decoded or aligned."""
+        """uint8 (3, 112, 112) aligned RGB face of image ``index``; ``DataError`` naming the image
+        and its meta line when it is missing or cannot be decoded."""
         path = self.image_dir / self.names[index]
-        where = f"image {path} (listed at {self.list_file}:{self.lines[index]})"
         try:
-            return to_chw(align_face(read_image(path), self.landmarks[index], ALIGNED_SIZE))
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+            image = read_image(path)
+        except DataError as exc:
+            raise DataError(f"image {path} (listed at {self.list_file}:{self.lines[index]}): {exc}") from None
+        return to_chw(align_face(image, self.landmarks[index], ALIGNED_SIZE))
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
             return index, self.load(index), None
-        except ValueError as exc:
+        except DataError as exc:
             if not self.skip_errors:
                 raise
             return index, None, str(exc)
@@ -289,7 +301,7 @@ def iter_ijb_chunks(
     """
     check_on_error(on_error)
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
     faces = IJBFaces(meta, skip_errors=on_error == "skip")
     loader = DataLoader(faces, batch_size=chunk_size, shuffle=False, num_workers=num_workers,
                         collate_fn=_collate)
@@ -332,7 +344,7 @@ def load_ijb_images(
 
     For small sets and tests: IJB-C needs 17.6 GB this way; use :func:`iter_ijb_chunks` (or
     ``otface.eval.ijb.embed_ijb``) to stream it. ``on_error="skip"`` leaves unreadable images
-    out and lists them in ``failures``; otherwise the first one raises ``ValueError``.
+    out and lists them in ``failures``; otherwise the first one raises ``DataError``.
     """
     meta = load_ijb_meta(root, name)
     chunks = list(iter_ijb_chunks(meta, num_workers=num_workers, on_error=on_error, progress=progress))

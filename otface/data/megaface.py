@@ -36,6 +36,7 @@ import torch
 
 from otface.data.skipping import check_on_error, raise_or_skip
 from otface.data.transforms import read_image, to_chw
+from otface.errors import DataError, InputNotFoundError
 
 WHICH = ("probes", "distractors")
 
@@ -81,20 +82,25 @@ class LoadedImages:
 
 def _read_list(path: Path) -> tuple[list[str], list[int]]:
     """Non-blank lines of an image list (stripped) and their 1-based numbers, checked."""
+    if not path.is_file():
+        raise InputNotFoundError(f"{path}: image list not found")
     paths, lines, seen = [], [], {}
     with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            entry = line.strip()
-            if not entry:
-                continue
-            parts = entry.split("/")
-            if ".." in parts or "" in parts:  # also catches "/abs", "a//b", "a/"
-                raise ValueError(f"{path} line {number}: {entry!r} is not a relative path inside the image folder")
-            if entry in seen:
-                raise ValueError(f"{path} line {number}: {entry!r} repeats line {seen[entry]}")
-            seen[entry] = number
-            paths.append(entry)
-            lines.append(number)
+        try:
+            for number, line in enumerate(f, 1):
+                entry = line.strip()
+                if not entry:
+                    continue
+                parts = entry.split("/")
+                if ".." in parts or "" in parts:  # also catches "/abs", "a//b", "a/"
+                    raise DataError(f"{path} line {number}: {entry!r} is not a relative path inside the image folder")
+                if entry in seen:
+                    raise DataError(f"{path} line {number}: {entry!r} repeats line {seen[entry]}")
+                seen[entry] = number
+                paths.append(entry)
+                lines.append(number)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
     return paths, lines
 
 
@@ -102,12 +108,15 @@ def _read_noises(path: Path) -> set[tuple[str, ...]]:
     """Noise entries as tuples of path components."""
     entries = set()
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("#"):
-                continue
-            entry = line.strip().split("\t")[-1].strip()
-            if entry:
-                entries.add(tuple(entry.split("/")))
+        try:
+            for line in f:
+                if line.startswith("#"):
+                    continue
+                entry = line.strip().split("\t")[-1].strip()
+                if entry:
+                    entries.add(tuple(entry.split("/")))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
     return entries
 
 
@@ -145,14 +154,17 @@ def read_megaface(
     """Read the lists of a test pack at ``root`` (layout in the module docstring).
 
     File and folder names are relative to ``root``. A noise list set to None is not read even if
-    present. Every probe path needs a parent folder (its identity).
+    present. Every probe path needs a parent folder (its identity). A missing ``root`` or image
+    list raises ``InputNotFoundError``, a malformed list ``DataError`` naming its file and line.
     """
     root = Path(root)
+    if not root.is_dir():
+        raise InputNotFoundError(f"{root}: MegaFace test pack folder not found")
     probe_file, distractor_file = root / probe_list, root / distractor_list
     probes, probe_lines = _read_list(probe_file)
     for path, line in zip(probes, probe_lines):
         if "/" not in path:
-            raise ValueError(f"{probe_file} line {line}: {path!r} has no identity folder (<identity>/<file>)")
+            raise DataError(f"{probe_file} line {line}: {path!r} has no identity folder (<identity>/<file>)")
     distractors, distractor_lines = _read_list(distractor_file)
 
     noise_files: list[Path] = []
@@ -191,10 +203,10 @@ def load_images(
     """Decode entries ``start:stop`` of the probe or distractor list into uint8 (M, 3, H, W) RGB.
 
     ``which`` is "probes" or "distractors"; ``image_size`` is (height, width). An entry whose
-    file is missing, does not decode or has another size is an error naming the list file, its
-    line and the image file; with ``on_error="skip"`` it is left out and recorded in ``skipped``
-    instead (``indices`` and ``labels`` keep each loaded image with its own entry). Normalise with
-    ``transforms.normalize``.
+    file is missing, does not decode or has another size is a ``DataError`` naming the list file,
+    its line and the image file; with ``on_error="skip"`` it is left out and recorded in
+    ``skipped`` instead (``indices`` and ``labels`` keep each loaded image with its own entry). A
+    missing image folder is an ``InputNotFoundError``. Normalise with ``transforms.normalize``.
     """
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
@@ -205,6 +217,8 @@ def load_images(
         list_file, folder, paths, lines = (lists.distractor_list, lists.distractor_dir, lists.distractor_paths,
                                            lists.distractor_lines)
     positions = range(len(paths))[start:stop]
+    if len(positions) and not folder.is_dir():
+        raise InputNotFoundError(f"{folder}: image folder of {list_file} not found")
     height, width = image_size
     out = torch.empty((len(positions), 3, height, width), dtype=torch.uint8)
     indices, skipped = [], []
@@ -212,7 +226,7 @@ def load_images(
         image_path = folder / paths[i]
         try:
             image = read_image(image_path, (height, width))
-        except ValueError as exc:
+        except DataError as exc:
             raise_or_skip(f"{list_file} line {lines[i]}: {image_path}: {exc}", on_error, skipped, i)
             continue
         out[len(indices)] = to_chw(image)

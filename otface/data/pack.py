@@ -36,6 +36,7 @@ from otface.data.recordio import write_face_dataset
 from otface.data.skipping import check_on_error, raise_or_skip
 from otface.data.staging import staged_files
 from otface.data.transforms import decode_image
+from otface.errors import ConfigError, DataError, RunError
 
 CLASSES_FILE = "classes.txt"
 _DATASET_FILES = ("train.rec", "train.idx", CLASSES_FILE, "property")  # renamed in this order, property last
@@ -59,12 +60,12 @@ class PackReport:
 
 
 def check_encoding(image_size: tuple[int, int], quality: int) -> None:
-    """Raise ``ValueError`` unless ``image_size`` is a positive (height, width) and ``quality`` a
+    """Raise ``ConfigError`` unless ``image_size`` is a positive (height, width) and ``quality`` a
     JPEG quality in [1, 100] (checked once before a run, not per image)."""
     if len(image_size) != 2 or min(image_size) < 1:
-        raise ValueError(f"image_size must be a positive (height, width), got {image_size}")
+        raise ConfigError(f"image_size must be a positive (height, width), got {image_size}")
     if not 1 <= quality <= 100:
-        raise ValueError(f"quality must lie in [1, 100], got {quality}")
+        raise ConfigError(f"quality must lie in [1, 100], got {quality}")
 
 
 def encode_face_image(data: bytes, image_size: tuple[int, int], quality: int = 95,
@@ -73,14 +74,14 @@ def encode_face_image(data: bytes, image_size: tuple[int, int], quality: int = 9
 
     ``image_size`` is (height, width). ``data`` itself is returned for a decodable RGB or grey
     JPEG of that size; otherwise the decoded RGB image (resized with bilinear filtering when
-    ``resize`` is set) is encoded as JPEG at ``quality`` (1..100). Raises ``ValueError`` when the
+    ``resize`` is set) is encoded as JPEG at ``quality`` (1..100). Raises ``DataError`` when the
     bytes do not decode or the size differs and ``resize`` is not set (the message names no
     file: callers add it).
     """
     height, width = image_size
     image = decode_image(data)
     if image.shape[:2] != (height, width) and not resize:
-        raise ValueError(
+        raise DataError(
             f"image is {image.shape[1]}x{image.shape[0]}, expected {width}x{height} (resize=True resizes it)"
         )
     with Image.open(io.BytesIO(data)) as img:
@@ -105,7 +106,7 @@ def _prepare_file(path: Path, image_size: tuple[int, int], quality: int,
         return f"cannot read the file ({exc.strerror or exc})"
     try:
         return encode_face_image(data, image_size, quality, resize)
-    except ValueError as exc:
+    except DataError as exc:
         return str(exc)
 
 
@@ -113,7 +114,7 @@ def write_classes(path: str | os.PathLike, class_names: list[str]) -> None:
     """Write ``classes.txt``: one ``label<TAB>name`` line per identity, labels 0..C-1 in order."""
     for label, name in enumerate(class_names):
         if any(c in name for c in "\t\r\n"):
-            raise ValueError(f"{path}: identity {label} name {name!r} holds a tab or a line break")
+            raise DataError(f"{path}: identity {label} name {name!r} holds a tab or a line break")
     text = "".join(f"{label}\t{name}\n" for label, name in enumerate(class_names))
     Path(path).write_text(text, encoding="utf-8", newline="\n")
 
@@ -122,11 +123,14 @@ def read_classes(path: str | os.PathLike) -> list[str]:
     """Read ``classes.txt`` back: the identity name of each label (``names[label]``)."""
     names: list[str] = []
     with open(path, "r", encoding="utf-8", newline="\n") as f:
-        for lineno, line in enumerate(f, 1):
-            label, sep, name = line.rstrip("\n").partition("\t")
-            if not sep or label != str(len(names)):
-                raise ValueError(f"{path}:{lineno}: expected '{len(names)}<TAB>name', got {line.rstrip()!r}")
-            names.append(name)
+        try:
+            for lineno, line in enumerate(f, 1):
+                label, sep, name = line.rstrip("\n").partition("\t")
+                if not sep or label != str(len(names)):
+                    raise DataError(f"{path}:{lineno}: expected '{len(names)}<TAB>name', got {line.rstrip()!r}")
+                names.append(name)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
     return names
 
 
@@ -144,20 +148,20 @@ def pack_folder(
     missing); see the module docstring for the files, the encoding and the atomic write.
 
     ``image_size`` is (height, width). An image that cannot be read or decoded, or has another
-    size while ``resize`` is not set, raises ``ValueError`` naming its file when ``on_error`` is
+    size while ``resize`` is not set, raises ``DataError`` naming its file when ``on_error`` is
     ``"raise"``; with ``"skip"`` it is left out and listed in the report, every other image
     keeping its label. ``workers`` > 0 decodes, checks and re-encodes in that many processes (the
     output bytes do not depend on it); 0 works in this process. ``progress`` shows a tqdm bar.
     """
     check_on_error(on_error)
     if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
+        raise ConfigError(f"workers must be >= 0, got {workers}")
     check_encoding(image_size, quality)
     height, width = image_size
     src, dst = Path(src), Path(dst)
     paths, labels, class_names = scan_image_folder(src)
     if dst.resolve().is_relative_to(src.resolve()):
-        raise ValueError(f"{dst}: the output folder lies inside the image folder {src}")
+        raise ConfigError(f"{dst}: the output folder lies inside the image folder {src}")
     dst.mkdir(parents=True, exist_ok=True)
     prepare = functools.partial(_prepare_file, image_size=(height, width), quality=quality, resize=resize)
     skipped: list[tuple[Path, str]] = []
@@ -189,8 +193,8 @@ def pack_folder(
                                    rec_name=tmp["train.rec"].name, idx_name=tmp["train.idx"].name,
                                    property_name=tmp["property"].name)
             if n == 0:
-                raise ValueError(f"{src}: none of the {len(paths)} images could be packed "
-                                 f"(first: {skipped[0][1]})")
+                raise RunError(f"{src}: none of the {len(paths)} images could be packed "
+                               f"(first: {skipped[0][1]})")
     finally:
         bar.close()
         if pool is not None:

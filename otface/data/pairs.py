@@ -29,6 +29,7 @@ from pathlib import Path
 
 from otface.data.binset import write_bin
 from otface.data.pack import check_encoding, encode_face_image
+from otface.errors import ConfigError, DataError, InputNotFoundError
 
 PAIR_FORMATS = ("auto", "lfw", "list")
 LfwImage = tuple[str, int]  # (identity name, image number)
@@ -36,8 +37,13 @@ LfwImage = tuple[str, int]  # (identity name, image number)
 
 def _lines(path: Path) -> list[tuple[int, list[str]]]:
     """(line number, fields) of every non-blank line."""
+    if not path.is_file():
+        raise InputNotFoundError(f"{path}: pair list not found")
     with open(path, "r", encoding="utf-8") as f:
-        return [(lineno, line.split()) for lineno, line in enumerate(f, 1) if line.strip()]
+        try:
+            return [(lineno, line.split()) for lineno, line in enumerate(f, 1) if line.strip()]
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
 def _is_count(text: str) -> bool:
@@ -46,7 +52,7 @@ def _is_count(text: str) -> bool:
 
 def _count(path: Path, lineno: int, text: str, what: str) -> int:
     if not _is_count(text):
-        raise ValueError(f"{path}:{lineno}: {what} {text!r} is not a non-negative integer")
+        raise DataError(f"{path}:{lineno}: {what} {text!r} is not a non-negative integer")
     return int(text)
 
 
@@ -59,13 +65,13 @@ def detect_pairs_format(path: str | os.PathLike) -> str:
     path = Path(path)
     lines = _lines(path)
     if not lines:
-        raise ValueError(f"{path}: no pairs (the file is empty)")
+        raise DataError(f"{path}: no pairs (the file is empty)")
     lineno, fields = lines[0]
     if _is_lfw_header(fields) or len(fields) == 4 or (len(fields) == 3 and all(map(_is_count, fields[1:]))):
         return "lfw"
     if len(fields) == 3:
         return "list"
-    raise ValueError(
+    raise DataError(
         f"{path}:{lineno}: cannot tell the pair format from {' '.join(fields)!r} (expected 'name n1 n2', "
         f"'name1 n1 name2 n2', 'path1 path2 label' or an LFW header)"
     )
@@ -86,17 +92,17 @@ def _parse_lfw(path: Path) -> list[tuple[int, LfwImage, LfwImage, bool]]:
             pairs.append((lineno, (name1, _count(path, lineno, first, "image number")),
                           (name2, _count(path, lineno, second, "image number")), False))
         else:
-            raise ValueError(
+            raise DataError(
                 f"{path}:{lineno}: expected 'name n1 n2' (genuine) or 'name1 n1 name2 n2' (impostor), "
                 f"got {len(fields)} fields: {' '.join(fields)!r}"
             )
     if not pairs:
-        raise ValueError(f"{path}: no pairs")
+        raise DataError(f"{path}: no pairs")
     if header:
         lineno, fields = header
         announced = 2 * int(fields[0]) * (int(fields[1]) if len(fields) == 2 else 1)
         if announced != len(pairs):
-            raise ValueError(
+            raise DataError(
                 f"{path}:{lineno}: the header {' '.join(fields)!r} announces {announced} pairs, "
                 f"the file holds {len(pairs)}"
             )
@@ -108,15 +114,15 @@ def _parse_list(path: Path) -> list[tuple[int, str, str, bool]]:
     pairs = []
     for lineno, fields in _lines(path):
         if len(fields) != 3:
-            raise ValueError(
+            raise DataError(
                 f"{path}:{lineno}: expected 'path1 path2 label', got {len(fields)} fields: {' '.join(fields)!r}"
             )
         first, second, label = fields
         if label not in ("0", "1"):
-            raise ValueError(f"{path}:{lineno}: label {label!r} must be 1 (same identity) or 0 (different)")
+            raise DataError(f"{path}:{lineno}: label {label!r} must be 1 (same identity) or 0 (different)")
         pairs.append((lineno, first, second, label == "1"))
     if not pairs:
-        raise ValueError(f"{path}: no pairs")
+        raise DataError(f"{path}: no pairs")
     return pairs
 
 
@@ -154,21 +160,24 @@ def pairs_to_bin(
     resize: bool = False,
     quality: int = 95,
     format: str = "auto",
-) -> int:
-    """Write the pairs of ``pairs_txt`` as the verification set ``out_bin``; return the number of
-    pairs.
+) -> list[bool]:
+    """Write the pairs of ``pairs_txt`` as the verification set ``out_bin``; return whether each
+    pair is genuine, in order (the caller can check the balance of the contiguous folds).
 
     ``format`` is ``"lfw"``, ``"list"`` or ``"auto"`` (module docstring); ``ext`` is the LFW
     image extension. ``image_size`` is (height, width): an image of another size is an error
     unless ``resize`` is set, and re-encoded images use JPEG ``quality``. A malformed line, a
-    missing image file or an image that does not decode or fit raises ``ValueError`` naming
-    ``pairs_txt`` and the line. ``out_bin`` is written under a temporary name and renamed, so a
-    failed run leaves no partial file (and an older ``out_bin`` intact).
+    missing image file or an image that does not decode or fit raises ``DataError`` naming
+    ``pairs_txt`` and the line; a missing ``pairs_txt`` or ``images_root`` raises
+    ``InputNotFoundError``. ``out_bin`` is written under a temporary name and renamed, so a failed
+    run leaves no partial file (and an older ``out_bin`` intact).
     """
     pairs_txt, root, out = Path(pairs_txt), Path(images_root), Path(out_bin)
     if format not in PAIR_FORMATS:
-        raise ValueError(f"format must be one of {PAIR_FORMATS}, got {format!r}")
+        raise ConfigError(f"format must be one of {PAIR_FORMATS}, got {format!r}")
     check_encoding(image_size, quality)
+    if not root.is_dir():
+        raise InputNotFoundError(f"{root}: image folder not found")
     entries = _pair_files(pairs_txt, root, ext, format)
     stored: dict[Path, bytes] = {}
     images: list[bytes] = []
@@ -176,17 +185,18 @@ def pairs_to_bin(
         for path in paths:
             if path not in stored:
                 if not path.is_file():
-                    raise ValueError(f"{pairs_txt}:{lineno}: image file {path} not found")
+                    raise DataError(f"{pairs_txt}:{lineno}: image file {path} not found")
                 try:
                     stored[path] = encode_face_image(path.read_bytes(), image_size, quality, resize)[0]
-                except ValueError as exc:
-                    raise ValueError(f"{pairs_txt}:{lineno}: {path}: {exc}") from None
+                except DataError as exc:
+                    raise DataError(f"{pairs_txt}:{lineno}: {path}: {exc}") from None
             images.append(stored[path])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    issame = [same for *_, same in entries]
     try:
-        write_bin(tmp, images, [same for *_, same in entries])
+        write_bin(tmp, images, issame)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return len(entries)
+    return issame

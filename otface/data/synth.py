@@ -48,6 +48,7 @@ from tqdm import tqdm
 from otface.data.binset import write_bin
 from otface.data.recordio import write_face_dataset
 from otface.data.staging import staged_files
+from otface.errors import ConfigError
 
 FORMAT_VERSION = 2
 LEVELS = ("train", "easy", "hard")
@@ -981,14 +982,15 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.num_identities < 1 or self.images_per_identity < 1:
-            raise ValueError("num_identities and images_per_identity must be >= 1")
+            raise ConfigError(f"num_identities and images_per_identity must be >= 1, got {self.num_identities} "
+                              f"and {self.images_per_identity}")
         if self.num_pairs < 20 or self.num_pairs % 20:
-            raise ValueError(f"num_pairs must be a positive multiple of 20 (10 balanced folds), "
-                             f"got {self.num_pairs}")
+            raise ConfigError(f"num_pairs must be a positive multiple of 20 (10 balanced folds), "
+                              f"got {self.num_pairs}")
         if self.image_size < 32:
-            raise ValueError(f"image_size must be >= 32, got {self.image_size}")
+            raise ConfigError(f"image_size must be >= 32, got {self.image_size}")
         if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
 
     def content(self) -> dict:
         """The fields that determine the output (all but ``workers``)."""
@@ -1055,13 +1057,13 @@ def _cached(out: Path, cfg: SynthConfig) -> bool:
     """Whether ``out`` holds a complete set for ``cfg`` (meta.json matches, sizes as recorded)."""
     try:
         meta = json.loads((out / "meta.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # no meta.json, or not JSON: not cached
         return False
-    if meta.get("format_version") != FORMAT_VERSION or meta.get("config") != cfg.content():
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         return False
-    sizes = meta.get("sizes", {})
-    return all((out / name).is_file() and (out / name).stat().st_size == sizes.get(name)
-               for name in _FILES.values())
+    sizes = meta.get("sizes")
+    return meta.get("config") == cfg.content() and isinstance(sizes, dict) and all(
+        (out / name).is_file() and (out / name).stat().st_size == sizes.get(name) for name in _FILES.values())
 
 
 def generate_synthetic(out_dir: str | os.PathLike, cfg: SynthConfig, progress: bool = True) -> dict[str, Path]:

@@ -18,6 +18,7 @@ from otface.data.binset import read_bin
 from otface.data.dataset import RecordDataset
 from otface.data.pack import CLASSES_FILE, read_classes
 from otface.data.recordio import unpack_record
+from otface.errors import DataError
 
 
 def _extension(data: bytes) -> str:
@@ -30,12 +31,12 @@ def _extension(data: bytes) -> str:
 
 def unpack_records(src: str | os.PathLike, dst: str | os.PathLike, progress: bool = True) -> int:
     """Write every image of the RecordIO folder ``src`` into ``dst/<identity>/``; return the count."""
-    dataset = RecordDataset(src, flip=False)
+    dataset = RecordDataset(src)
     classes_file = Path(src) / CLASSES_FILE
     if classes_file.is_file():
         names = read_classes(classes_file)
         if len(names) != dataset.num_classes:
-            raise ValueError(f"{classes_file}: {len(names)} names for {dataset.num_classes} identities")
+            raise DataError(f"{classes_file}: {len(names)} names for {dataset.num_classes} identities")
     else:
         names = [f"{label:06d}" for label in range(dataset.num_classes)]
     dst = Path(dst)

@@ -10,6 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from otface.data.transforms import network_input
+from otface.errors import ConfigError
 
 
 def extract_embeddings(
@@ -32,7 +33,7 @@ def extract_embeddings(
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if device is None:
         first = next(itertools.chain(model.parameters(), model.buffers()), None)
         device = first.device if first is not None else torch.device("cpu")

@@ -42,6 +42,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from otface.errors import ConfigError
 from otface.eval.search import build_search
 
 
@@ -64,7 +65,7 @@ def impostors_above(far: float, num_impostors: int) -> int:
     so that f M is exact: in floating point 0.29 * 100 is 28.999999999999996.
     """
     if not 0.0 < far <= 1.0:
-        raise ValueError(f"FAR must be in (0, 1], got {far}")
+        raise ConfigError(f"FAR must be in (0, 1], got {far}")
     return math.floor(Fraction(repr(float(far))) * num_impostors)
 
 
@@ -132,9 +133,9 @@ def megaface_identification(
     if labels.shape != x.shape[:1]:
         raise ValueError(f"probe_labels must have shape ({len(x)},), got {labels.shape}")
     if max_rank < 1:
-        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+        raise ConfigError(f"max_rank must be >= 1, got {max_rank}")
     if probe_chunk < 1:
-        raise ValueError(f"probe_chunk must be >= 1, got {probe_chunk}")
+        raise ConfigError(f"probe_chunk must be >= 1, got {probe_chunk}")
     fars = [float(f) for f in fars]
     p, d = len(x), len(y)
     m = p * d

@@ -46,6 +46,7 @@ from torch import nn
 
 from otface.data.ijb import IJBMeta, iter_ijb_chunks, load_ijb_meta
 from otface.data.transforms import network_input
+from otface.errors import ConfigError, RunError
 from otface.eval.embed import extract_embeddings
 from otface.eval.plots import curve_auc
 
@@ -221,7 +222,7 @@ def curve_tar_at_far(fpr: np.ndarray, tpr: np.ndarray, fars: Sequence[float] = F
     out = []
     for far in fars:
         if not 0.0 < far <= 1.0:
-            raise ValueError(f"target FARs must be in (0, 1], got {far}")
+            raise ConfigError(f"target FARs must be in (0, 1], got {far}")
         distance = np.abs(fpr - far)
         out.append(tpr[len(distance) - 1 - np.argmin(distance[::-1])])
     return np.array(out)
@@ -258,7 +259,8 @@ def evaluate_ijb(
         norm_score, detector_score, flip_test: the modes of step 1.
         fars: target FARs.
         skip_missing: leave out (and count) the pairs naming a template without images, e.g.
-            one whose images all failed to load; otherwise such a pair is an error.
+            one whose images all failed to load; otherwise such a pair is an error. ``RunError``
+            when the pairs left lack genuine or impostor ones.
     Returns:
         tar_at_far: {target FAR: TAR}; auc; fpr, tpr: the ROC (for ``plot_roc``);
         scores: (P',) scores of the pairs evaluated, ``scored``: (P,) bool mask of those pairs;
@@ -279,9 +281,12 @@ def evaluate_ijb(
     if len(missing) and not skip_missing:
         raise ValueError(f"{int((~scored).sum())} pairs name {len(missing)} templates without images, e.g. "
                          f"{int(missing[0])} (skip_missing=True leaves them out)")
+    genuine = int(np.count_nonzero(labels[scored]))
+    if len(missing) and genuine in (0, int(scored.sum())):
+        raise RunError(f"{int((~scored).sum())} of {len(pairs)} pairs name templates without images: the "
+                       f"{int(scored.sum())} left hold {genuine} genuine pairs, too few kinds for a ROC")
     scores = template_pair_scores(unique_templates, template_features, pairs[scored])
     fpr, tpr, _ = roc_curve(labels[scored], scores)
-    genuine = int(np.count_nonzero(labels[scored]))
     return {
         "tar_at_far": {float(far): float(tar) for far, tar in zip(fars, curve_tar_at_far(fpr, tpr, fars))},
         "auc": curve_auc(fpr, tpr),
@@ -331,7 +336,8 @@ def embed_ijb(
     processes), so memory holds only the features: 2 KB per image and embedding of 512 floats
     (IJB-C: 0.96 GB, twice with ``flip``) plus a few chunks of images. Faces are resized to
     ``image_size`` for models trained at another input size, as the verification sets are.
-    ``on_error="skip"`` leaves unreadable images out and lists them in ``failures``.
+    ``on_error="skip"`` leaves unreadable images out and lists them in ``failures``; ``RunError``
+    when none is left.
     """
     indices, plain, flipped, failures = [], [], [], []
     for chunk in iter_ijb_chunks(meta, chunk_size, num_workers, on_error, progress):
@@ -345,7 +351,8 @@ def embed_ijb(
             x = torch.flip(x, dims=[3])
             flipped.append(extract_embeddings(model, x, batch_size, device, flip=False, normalize=False).numpy())
     if not indices:
-        raise ValueError(f"no image of {meta.name} could be loaded ({len(failures)} failed)")
+        raise RunError(f"{meta.paths['loose_crop']}: no image of {meta.name} could be loaded ({len(failures)} "
+                       f"failed, first: {failures[0][1]})")
     return IJBFeatures(np.concatenate(indices), np.concatenate(plain), np.concatenate(flipped) if flip else None,
                        failures)
 

@@ -24,6 +24,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from otface.errors import ConfigError
+
 ENGINES = ("auto", "faiss", "torch")
 INDEXES = ("flat", "ivf")
 
@@ -85,36 +87,36 @@ def build_search(
         seed: IVF k-means seed.
     """
     if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        raise ConfigError(f"engine must be one of {ENGINES}, got {engine!r}")
     if index not in INDEXES:
-        raise ValueError(f"index must be one of {INDEXES}, got {index!r}")
+        raise ConfigError(f"index must be one of {INDEXES}, got {index!r}")
     db = _features(database, "database")
     n, dim = db.shape
     if n == 0:
         raise ValueError("database is empty")
     faiss = _import_faiss() if engine in ("auto", "faiss") else None
     if engine == "faiss" and faiss is None:
-        raise ValueError("engine='faiss' needs the faiss package (pip install faiss-cpu); "
-                         "engine='torch' searches exactly without it")
+        raise ConfigError("engine='faiss' needs the faiss package (pip install faiss-cpu); "
+                          "engine='torch' searches exactly without it")
     if engine == "auto":
         engine = "faiss" if faiss is not None else "torch"
     if index == "ivf" and engine != "faiss":
-        raise ValueError("index='ivf' (approximate search) needs engine='faiss'; "
-                         "the torch engine is exact only")
+        raise ConfigError("index='ivf' (approximate search) needs engine='faiss'; "
+                          "the torch engine is exact only")
     if (nlist is not None or nprobe is not None) and index != "ivf":
-        raise ValueError("nlist and nprobe apply to index='ivf' only")
+        raise ConfigError("nlist and nprobe apply to index='ivf' only")
 
     def check(queries: Any, k: int) -> np.ndarray:
         q = _features(queries, "queries")
         if q.shape[1] != dim:
             raise ValueError(f"queries have {q.shape[1]} features, the database {dim}")
         if not 1 <= k <= n:
-            raise ValueError(f"k must be in [1, N={n}] (the database size), got {k}")
+            raise ConfigError(f"k must be in [1, N={n}] (the database size), got {k}")
         return q
 
     if engine == "torch":
         if query_chunk < 1 or database_chunk < 1:
-            raise ValueError(f"query_chunk and database_chunk must be >= 1, got {query_chunk}, {database_chunk}")
+            raise ConfigError(f"query_chunk and database_chunk must be >= 1, got {query_chunk}, {database_chunk}")
         db_t = torch.from_numpy(db).to(device)  # moved once, searched block by block
 
         def torch_search(queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,10 +146,10 @@ def build_search(
     else:
         nlist = default_nlist(n) if nlist is None else nlist
         if not 1 <= nlist <= n:
-            raise ValueError(f"nlist must be in [1, N={n}], got {nlist}")
+            raise ConfigError(f"nlist must be in [1, N={n}], got {nlist}")
         nprobe = max(1, nlist // 16) if nprobe is None else nprobe
         if not 1 <= nprobe <= nlist:
-            raise ValueError(f"nprobe must be in [1, nlist={nlist}], got {nprobe}")
+            raise ConfigError(f"nprobe must be in [1, nlist={nlist}], got {nprobe}")
         fx = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         fx.cp.seed = seed
         fx.train(db)

@@ -7,6 +7,7 @@ from torch import nn
 
 from otface.data.ijb import ijb_paths, iter_ijb_chunks, load_ijb_images, load_ijb_meta
 from otface.data.transforms import normalize
+from otface.errors import ConfigError, DataError, InputNotFoundError, RunError
 from otface.eval.ijb import embed_ijb, evaluate_ijb, ijb_verification
 from support.ijb_layout import IMAGES, PAIRS, SIZE, face, invert, write_layout
 
@@ -37,7 +38,7 @@ def test_meta_is_read_as_written(layout):
         np.testing.assert_allclose(meta.faceness, faceness, atol=1e-6)
         np.testing.assert_array_equal(meta.image_lines, np.arange(1, 7))
     assert meta.landmarks.shape == (6, 5, 2)
-    with pytest.raises(ValueError, match="IJB set name must be one of"):
+    with pytest.raises(ConfigError, match="IJB set name must be one of"):
         load_ijb_meta(root, "IJBA")
 
 
@@ -73,7 +74,7 @@ def test_alignment_matches_opencv_warp_of_the_insightface_matrix(layout):
 def test_missing_image_is_an_error_naming_it_and_its_line(layout):
     root = layout[0]
     (root / "loose_crop" / "3.jpg").unlink()
-    with pytest.raises(ValueError, match=r"3\.jpg \(listed at .*ijbc_name_5pts_score\.txt:3\): cannot read"):
+    with pytest.raises(DataError, match=r"3\.jpg \(listed at .*ijbc_name_5pts_score\.txt:3\): cannot read"):
         load_ijb_images(root, "IJBC", progress=False)
 
 
@@ -82,7 +83,7 @@ def test_corrupt_image_is_an_error(layout, content):
     root = layout[0]
     path = root / "loose_crop" / "4.jpg"
     path.write_bytes(path.read_bytes()[:300] if content == "truncated" else content)
-    with pytest.raises(ValueError, match=r"4\.jpg \(listed at .*_5pts_score\.txt:4\): cannot decode image"):
+    with pytest.raises(DataError, match=r"4\.jpg \(listed at .*_5pts_score\.txt:4\): cannot decode image"):
         load_ijb_images(root, "IJBC", progress=False)
 
 
@@ -116,13 +117,25 @@ def test_verification_skips_the_pairs_of_templates_left_without_images(layout):
     root = layout[0]
     break_two_images(root)
     model = tiny_model()
-    with pytest.raises(ValueError, match=r"2\.jpg"):
+    with pytest.raises(DataError, match=r"2\.jpg"):
         ijb_verification(model, root, "IJBC", progress=False)
     result = ijb_verification(model, root, "IJBC", on_error="skip", progress=False, chunk_size=4)
     assert [name for name, _ in result["failed_images"]] == ["2.jpg", "5.jpg"]
     assert result["skipped_pairs"] == 3 and result["missing_templates"].tolist() == [3]
     np.testing.assert_array_equal(result["scored"], [3 not in (a, b) for a, b, _ in PAIRS])
     assert (result["num_pairs"], result["num_genuine"], result["num_images"], result["num_templates"]) == (3, 1, 4, 3)
+
+
+def test_skipping_too_much_to_evaluate_is_a_run_error(layout):
+    root = layout[0]
+    for image in ("5.jpg", "6.jpg"):  # templates 3 and 4: only the genuine pair (1, 2) is left
+        (root / "loose_crop" / image).unlink()
+    with pytest.raises(RunError, match=r"5 of 6 pairs name templates without images: the 1 left hold 1 genuine"):
+        ijb_verification(tiny_model(), root, "IJBC", on_error="skip", progress=False)
+    for image, _, _ in IMAGES[:4]:
+        (root / "loose_crop" / image).write_bytes(b"broken")
+    with pytest.raises(RunError, match=r"loose_crop: no image of IJBC could be loaded \(6 failed, first: .*1\.jpg"):
+        embed_ijb(tiny_model(), load_ijb_meta(root, "IJBC"), on_error="skip", progress=False)
 
 
 def test_embed_and_verification_use_the_raw_outputs_of_the_faces_and_their_flips(layout):
@@ -166,6 +179,12 @@ MALFORMED = [
     ("template_pair_label", lambda ls: ["", *edit(ls, 3, "3 4 2")], r"pair_label\.txt:5: label must be 0 or 1, got 2"),
     ("template_pair_label", lambda ls: edit(ls, 1, "1 99 0"), r"pair_label\.txt:2: template 99 is not in .*tid_mid"),
     ("template_pair_label", lambda ls: [], r"pair_label\.txt: no pairs listed"),
+    ("template_pair_label", lambda ls: edit(ls, 1, "1 2 99999999999999999999"),
+     r"pair_label\.txt: not a table of 64-bit integers \(could not convert string '99999999999999999999'"),
+    ("template_pair_label", lambda ls: [l for l in ls if l.endswith("1")], r"pair_label\.txt: all 2 pairs are genuine"),
+    ("name_5pts_score", lambda ls: edit(ls, 4, " ".join(["5.jpg", *["7.5"] * 10, "0.9"])),
+     r"_5pts_score\.txt:5: the five landmarks coincide at \[7\.5, 7\.5\]"),
+    ("face_tid_mid", lambda ls: edit(ls, 2, "3\udcff.jpg 2 11"), r"ijbc_face_tid_mid\.txt: not UTF-8 text"),
 ]
 
 
@@ -173,8 +192,9 @@ MALFORMED = [
 def test_malformed_meta_lines_are_errors_naming_file_and_line(layout, key, change, message):
     root = layout[0]
     path = ijb_paths(root, "IJBC")[key]
-    path.write_text("".join(line + "\n" for line in change(path.read_text().splitlines())))
-    with pytest.raises(ValueError, match=message):
+    path.write_text("".join(line + "\n" for line in change(path.read_text().splitlines())),
+                    errors="surrogateescape")  # writes a lone surrogate as the byte it escapes (not UTF-8)
+    with pytest.raises(DataError, match=message):
         load_ijb_meta(root, "IJBC")
 
 
@@ -182,5 +202,5 @@ def test_missing_meta_file_is_named(layout):
     root = layout[0]
     path = ijb_paths(root, "IJBC")["template_pair_label"]
     path.unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
+    with pytest.raises(InputNotFoundError, match=re.escape(str(path))):
         load_ijb_meta(root, "IJBC")

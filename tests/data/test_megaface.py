@@ -3,6 +3,7 @@ import pytest
 from PIL import Image
 
 from otface.data.megaface import load_images, read_megaface
+from otface.errors import DataError, InputNotFoundError
 from support.megaface_pack import DISTRACTORS, PROBES, colour, write_pack
 
 
@@ -68,7 +69,7 @@ def break_images(root):
 def test_bad_image_is_an_error_naming_list_line_and_file(tmp_path, start, message):
     root = write_pack(tmp_path)
     break_images(root)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(DataError, match=message):
         load_images(read_megaface(root), "probes", start=start, image_size=(16, 16))
 
 
@@ -91,12 +92,32 @@ def test_skip_drops_bad_images_without_shifting_labels(tmp_path):
     ("A/a.png\n../x/b.png\n", r"facescrub_lst line 2: '../x/b.png' is not a relative path"),
     ("/abs/a.png\n", r"facescrub_lst line 1: '/abs/a.png' is not a relative path"),
     ("A/a.png\n\nb.png\n", r"facescrub_lst line 3: 'b.png' has no identity folder"),
+    ("A/a.png\nB/\udcff.png\n", r"facescrub_lst: not UTF-8 text"),
 ])
 def test_malformed_list_is_an_error_naming_the_line(tmp_path, lines, message):
-    (tmp_path / "facescrub_lst").write_text(lines)
+    (tmp_path / "facescrub_lst").write_text(lines, errors="surrogateescape")  # a lone surrogate: a non-UTF-8 byte
     (tmp_path / "megaface_lst").write_text("")
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(DataError, match=message):
         read_megaface(tmp_path)
+
+
+def test_undecodable_noise_list_is_named(tmp_path):
+    root = write_pack(tmp_path)
+    (root / "megaface_noises.txt").write_bytes(b"# noises\n100/\xff\xfe.jpg\n")
+    with pytest.raises(DataError, match=r"megaface_noises\.txt: not UTF-8 text"):
+        read_megaface(root)
+
+
+def test_missing_pack_list_or_image_folder_is_named(tmp_path):
+    with pytest.raises(InputNotFoundError, match=r"nowhere: MegaFace test pack folder not found"):
+        read_megaface(tmp_path / "nowhere")
+    root = write_pack(tmp_path)
+    (root / "megaface_lst").unlink()
+    with pytest.raises(InputNotFoundError, match=r"megaface_lst: image list not found"):
+        read_megaface(root)
+    mf = read_megaface(root, distractor_list="facescrub_lst", distractor_dir="gone")
+    with pytest.raises(InputNotFoundError, match=r"gone: image folder of .*facescrub_lst not found"):
+        load_images(mf, "distractors")
 
 
 def test_invalid_arguments(tmp_path):

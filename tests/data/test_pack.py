@@ -7,6 +7,7 @@ from otface.data.dataset import RecordDataset
 from otface.data.folder import scan_image_folder
 from otface.data.pack import pack_folder, read_classes, write_classes
 from otface.data.recordio import RecordIOError, RecordReader, read_property, unpack_record
+from otface.errors import ConfigError, DataError, InputNotFoundError, RunError
 
 H, W = 20, 16
 OUTPUT = ["classes.txt", "property", "train.idx", "train.rec"]
@@ -43,7 +44,7 @@ def src(tmp_path):
 def _check_against_sources(dst, paths, labels) -> None:
     """Every packed image equals its source file decoded directly (JPEG sources exactly, other
     formats within JPEG error) and carries its label."""
-    ds = RecordDataset(dst, flip=False)
+    ds = RecordDataset(dst)
     assert ds.labels.tolist() == list(labels)
     for i, path in enumerate(paths):
         x, y = ds[i]
@@ -83,7 +84,7 @@ def test_right_size_jpegs_are_stored_byte_for_byte(src, tmp_path):
 def test_wrong_size_raises_naming_the_file_and_writes_nothing(src, tmp_path):
     _save(src / "id1/big.png", _face(7, 2 * H, 2 * W))
     dst = tmp_path / "packed"
-    with pytest.raises(ValueError, match=rf"id1/big\.png: image is {2 * W}x{2 * H}, expected {W}x{H}"):
+    with pytest.raises(DataError, match=rf"id1/big\.png: image is {2 * W}x{2 * H}, expected {W}x{H}"):
         pack_folder(src, dst, image_size=(H, W), progress=False)
     assert list(dst.iterdir()) == []
 
@@ -94,7 +95,7 @@ def test_resize_scales_wrong_size_images(src, tmp_path):
     dst = tmp_path / "packed"
     report = pack_folder(src, dst, image_size=(H, W), resize=True, progress=False)
     assert report.num_images == 8 and report.num_reencoded == 4
-    ds = RecordDataset(dst, flip=False)
+    ds = RecordDataset(dst)
     x, y = ds[3]  # id1/big.png sorts first in id1
     assert y == 1 and x.shape == (3, H, W)
     assert np.abs(x.permute(1, 2, 0).numpy().astype(np.float32) - small).mean() < 2.0
@@ -126,7 +127,7 @@ def test_nothing_packable_is_an_error(src, tmp_path):
     for path in scan_image_folder(src)[0]:
         path.write_bytes(b"broken")
     dst = tmp_path / "packed"
-    with pytest.raises(ValueError, match=r"none of the 7 images could be packed \(first: .*id0/a\.jpg"):
+    with pytest.raises(RunError, match=r"faces: none of the 7 images could be packed \(first: .*id0/a\.jpg"):
         pack_folder(src, dst, image_size=(H, W), on_error="skip", progress=False)
     assert list(dst.iterdir()) == []
 
@@ -186,20 +187,26 @@ def test_workers_give_the_same_bytes(src, tmp_path):
         assert (tmp_path / "w2" / name).read_bytes() == (tmp_path / "w0" / name).read_bytes(), name
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(on_error="ignore"), "on_error must be one of"),
-    (dict(workers=-1), "workers must be >= 0"),
-    (dict(quality=0), r"quality must lie in \[1, 100\]"),
-    (dict(image_size=(0, 112)), "image_size must be a positive"),
+@pytest.mark.parametrize("kwargs, kind, message", [
+    (dict(on_error="ignore"), ValueError, "on_error must be one of"),
+    (dict(workers=-1), ConfigError, "workers must be >= 0"),
+    (dict(quality=0), ConfigError, r"quality must lie in \[1, 100\]"),
+    (dict(image_size=(0, 112)), ConfigError, "image_size must be a positive"),
 ])
-def test_argument_errors(src, tmp_path, kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_argument_errors(src, tmp_path, kwargs, kind, message):
+    with pytest.raises(kind, match=message):
         pack_folder(src, tmp_path / "packed", progress=False, **kwargs)
     assert not (tmp_path / "packed").exists()
 
 
+def test_missing_image_folder_is_named_and_nothing_is_written(tmp_path):
+    with pytest.raises(InputNotFoundError, match=r"no_faces: image folder not found"):
+        pack_folder(tmp_path / "no_faces", tmp_path / "packed", image_size=(H, W), progress=False)
+    assert not (tmp_path / "packed").exists()
+
+
 def test_output_inside_the_image_folder_is_refused(src):
-    with pytest.raises(ValueError, match="lies inside the image folder"):
+    with pytest.raises(ConfigError, match="lies inside the image folder"):
         pack_folder(src, src / "packed", image_size=(H, W), progress=False)
     assert not (src / "packed").exists()
 
@@ -211,7 +218,10 @@ def test_classes_file_round_trip_and_errors(tmp_path):
     assert path.read_text(encoding="utf-8") == "0\tAaron Eckhart\n1\tZoë\n2\t0042\n"
     assert read_classes(path) == names
     path.write_text("0\ta\n2\tb\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"classes\.txt:2: expected '1<TAB>name'"):
+    with pytest.raises(DataError, match=r"classes\.txt:2: expected '1<TAB>name'"):
         read_classes(path)
-    with pytest.raises(ValueError, match="holds a tab or a line break"):
-        write_classes(path, ["a\tb"])
+    path.write_bytes(b"0\ta\n1\t\xff\xfe\n")
+    with pytest.raises(DataError, match=r"classes\.txt: not UTF-8 text"):
+        read_classes(path)
+    with pytest.raises(DataError, match=r"classes\.txt: identity 1 name 'a\\tb' holds a tab or a line break"):
+        write_classes(path, ["a", "a\tb"])

@@ -11,6 +11,7 @@ from otface.data.pairs import (
     read_pair_list,
     read_pairs,
 )
+from otface.errors import ConfigError, DataError, InputNotFoundError
 
 H, W = 20, 16
 PEOPLE = {"Alice_Able": 3, "Bob_Baker": 2, "Carol_Cole": 1}
@@ -75,7 +76,7 @@ def test_read_pairs_keeps_the_order_and_accepts_every_header_form(tmp_path, head
 def test_lfw_pairs_round_trip_through_the_bin(lfw, tmp_path):
     root, pairs_txt = lfw
     out = tmp_path / "sets" / "lfw.bin"
-    assert pairs_to_bin(pairs_txt, root, out, image_size=(H, W)) == 4
+    assert len(pairs_to_bin(pairs_txt, root, out, image_size=(H, W))) == 4
     files = _files(root, PAIRS)
     images, issame = read_bin(out)
     assert images == [path.read_bytes() for path in files]  # right-size JPEGs stored as they are
@@ -97,7 +98,7 @@ def test_path_list_round_trip_and_re_encoding(lfw, tmp_path):
                 ("Bob_Baker/Bob_Baker_0002.jpg", "Bob_Baker/Bob_Baker_0001.jpg", True)]
     assert detect_pairs_format(pairs_txt) == "list" and read_pair_list(pairs_txt) == expected
     auto, explicit = tmp_path / "auto.bin", tmp_path / "explicit.bin"
-    assert pairs_to_bin(pairs_txt, root, auto, image_size=(H, W)) == 2
+    assert len(pairs_to_bin(pairs_txt, root, auto, image_size=(H, W))) == 2
     pairs_to_bin(pairs_txt, root, explicit, image_size=(H, W), format="list")
     assert auto.read_bytes() == explicit.read_bytes()
     images, issame = read_bin(auto)
@@ -119,9 +120,9 @@ def test_resize_and_extension(tmp_path):
         Image.fromarray(np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)).save(path)
     (tmp_path / "pairs.txt").write_text("Dan_Doe 1 2\n")
     out = tmp_path / "out.bin"
-    with pytest.raises(ValueError, match=rf"pairs\.txt:1: .*Dan_Doe_0001\.png: image is {2 * W}x{2 * H}"):
+    with pytest.raises(DataError, match=rf"pairs\.txt:1: .*Dan_Doe_0001\.png: image is {2 * W}x{2 * H}"):
         pairs_to_bin(tmp_path / "pairs.txt", root, out, image_size=(H, W), ext="png")
-    assert pairs_to_bin(tmp_path / "pairs.txt", root, out, image_size=(H, W), ext="png", resize=True) == 1
+    assert len(pairs_to_bin(tmp_path / "pairs.txt", root, out, image_size=(H, W), ext="png", resize=True)) == 1
     decoded, issame = load_verification_set(out, image_size=(H, W))
     assert issame.tolist() == [True]
     assert (decoded.float() - torch.from_numpy(small).permute(2, 0, 1)).abs().mean() < 2
@@ -151,12 +152,16 @@ def test_detect_pairs_format(tmp_path, line, expected):
     ("a.jpg b.jpg 1\na.jpg 1\n", "list", r":2: expected 'path1 path2 label', got 2 fields"),
     ("\n\nAlice_Able\n", "auto", r":3: cannot tell the pair format from 'Alice_Able'"),
     ("", "auto", r": no pairs \(the file is empty\)"),
+    (b"a.jpg b.jpg 1\n\xff\xfe.jpg b.jpg 0\n", "list", r": not UTF-8 text"),
 ])
 def test_malformed_files_name_the_file_and_line(lfw, tmp_path, text, fmt, message):
     root, pairs_txt = lfw
-    pairs_txt.write_text(text)
+    if isinstance(text, bytes):
+        pairs_txt.write_bytes(text)
+    else:
+        pairs_txt.write_text(text)
     out = tmp_path / "out.bin"
-    with pytest.raises(ValueError, match=r"pairs\.txt" + message):
+    with pytest.raises(DataError, match=r"pairs\.txt" + message):
         pairs_to_bin(pairs_txt, root, out, image_size=(H, W), format=fmt)
     assert not out.exists()
 
@@ -167,12 +172,12 @@ def test_missing_or_wrong_size_images_name_the_line_and_keep_the_old_bin(lfw, tm
     pairs_to_bin(pairs_txt, root, out, image_size=(H, W))
     before = out.read_bytes()
     pairs_txt.write_text(_lines(PAIRS[:2]) + "Bob_Baker 1 9\n")
-    with pytest.raises(ValueError, match=r"pairs\.txt:3: image file .*Bob_Baker_0009\.jpg not found"):
+    with pytest.raises(DataError, match=r"pairs\.txt:3: image file .*Bob_Baker_0009\.jpg not found"):
         pairs_to_bin(pairs_txt, root, out, image_size=(H, W))
     pairs_txt.write_text(_lines(PAIRS))
     Image.fromarray(_face(0, H + 1, W)).save(lfw_image_path(root, "Carol_Cole", 1))
     wrong_size = rf"pairs\.txt:4: .*Carol_Cole_0001\.jpg: image is {W}x{H + 1}, expected {W}x{H}"
-    with pytest.raises(ValueError, match=wrong_size):
+    with pytest.raises(DataError, match=wrong_size):
         pairs_to_bin(pairs_txt, root, out, image_size=(H, W))
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lfw", "lfw.bin", "pairs.txt"]
@@ -180,5 +185,15 @@ def test_missing_or_wrong_size_images_name_the_line_and_keep_the_old_bin(lfw, tm
 
 def test_unknown_format_is_refused(lfw, tmp_path):
     root, pairs_txt = lfw
-    with pytest.raises(ValueError, match="format must be one of"):
+    with pytest.raises(ConfigError, match="format must be one of"):
         pairs_to_bin(pairs_txt, root, tmp_path / "out.bin", format="csv")
+
+
+def test_missing_pair_file_or_image_folder_is_named(lfw, tmp_path):
+    root, pairs_txt = lfw
+    out = tmp_path / "out.bin"
+    with pytest.raises(InputNotFoundError, match=r"nothing\.txt: pair list not found"):
+        pairs_to_bin(tmp_path / "nothing.txt", root, out, image_size=(H, W))
+    with pytest.raises(InputNotFoundError, match=r"no_images: image folder not found"):
+        pairs_to_bin(pairs_txt, tmp_path / "no_images", out, image_size=(H, W))
+    assert not out.exists()

@@ -10,6 +10,7 @@ from otface.data import synth
 from otface.data.binset import read_bin
 from otface.data.dataset import RecordDataset
 from otface.data.recordio import read_property
+from otface.errors import ConfigError
 from otface.data.synth import (
     GENES,
     SynthConfig,
@@ -47,7 +48,7 @@ def test_layout_and_formats(small_set):
         "train_rec": "train.rec", "train_idx": "train.idx", "property": "property",
         "easy": "synth_easy.bin", "hard": "synth_hard.bin", "meta": "meta.json"}
     assert read_property(root) == (5, 112, 112)
-    ds = RecordDataset(root, flip=False)
+    ds = RecordDataset(root)
     assert len(ds) == 15 and ds.labels.tolist() == [i // 3 for i in range(15)]
     x, _ = ds[4]
     assert x.shape == (3, 112, 112) and x.dtype == torch.uint8 and x.min() < x.max()
@@ -86,6 +87,13 @@ def test_cache_is_reused_and_invalidated(tmp_path):
     rec.write_bytes(rec.read_bytes()[:-100])
     generate_synthetic(tmp_path, cfg, progress=False)
     assert (tmp_path / "train.rec").stat().st_mtime_ns != stamps["train.rec"]
+    # a meta.json that is JSON but not a mapping, or whose sizes are not one, is not a cache
+    stamp = (tmp_path / "train.rec").stat().st_mtime_ns
+    for damaged in ("[1, 2]", json.dumps({**json.loads(paths["meta"].read_text()), "sizes": []})):
+        paths["meta"].write_text(damaged)
+        generate_synthetic(tmp_path, cfg, progress=False)
+        assert (tmp_path / "train.rec").stat().st_mtime_ns != stamp
+        stamp = (tmp_path / "train.rec").stat().st_mtime_ns
     # another config regenerates
     generate_synthetic(tmp_path, SynthConfig(seed=1, workers=1, **{**SMALL, "num_identities": 4}), progress=False)
     assert read_property(tmp_path)[0] == 4
@@ -161,8 +169,10 @@ def test_rendering_is_deterministic_and_sized():
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="unknown level"):
         sample_nuisance(np.random.default_rng(0), "medium")
-    with pytest.raises(ValueError, match="multiple of 20"):
+    with pytest.raises(ConfigError, match="num_pairs must be a positive multiple of 20.*got 30"):
         SynthConfig(num_pairs=30)
+    with pytest.raises(ConfigError, match="images_per_identity must be >= 1, got 5 and 0"):
+        SynthConfig(num_identities=5, images_per_identity=0)
 
 
 def test_preview_grid(tmp_path):

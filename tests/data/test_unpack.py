@@ -3,6 +3,7 @@
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from otface.data.binset import read_bin, write_bin
@@ -11,6 +12,7 @@ from otface.data.pack import pack_folder
 from otface.data.pairs import pairs_to_bin
 from otface.data.recordio import unpack_record, write_face_dataset
 from otface.data.unpack import unpack_bin, unpack_records
+from otface.errors import DataError, InputNotFoundError
 
 
 def _jpeg(value: int) -> bytes:
@@ -20,7 +22,7 @@ def _jpeg(value: int) -> bytes:
 
 
 def _payloads(root):
-    data = RecordDataset(root, flip=False)
+    data = RecordDataset(root)
     return [unpack_record(data.reader.read(int(k)))[1] for k in data.keys], data.labels
 
 
@@ -49,3 +51,20 @@ def test_bin_unpacks_to_a_pair_list_that_converts_back(tmp_path):
     pairs_to_bin(tmp_path / "pairs" / "pairs.txt", tmp_path / "pairs", tmp_path / "again.bin", image_size=(16, 16))
     again, issame = read_bin(tmp_path / "again.bin")
     assert again == images and issame.tolist() == [True, False, True]
+
+
+def test_classes_file_that_does_not_fit_the_records_is_named(tmp_path):
+    (tmp_path / "rec").mkdir()
+    write_face_dataset(tmp_path / "rec", [(_jpeg(1), 0), (_jpeg(2), 2)], num_classes=3, image_size=(16, 16))
+    (tmp_path / "rec" / "classes.txt").write_text("0\tAda\n1\tBob\n")
+    with pytest.raises(DataError, match=r"rec/classes\.txt: 2 names for 3 identities"):
+        unpack_records(tmp_path / "rec", tmp_path / "folder", progress=False)
+    (tmp_path / "rec" / "classes.txt").write_text("0\tAda\n1\tBob\n3\tCyd\n")
+    with pytest.raises(DataError, match=r"rec/classes\.txt:3: expected '2<TAB>name'"):
+        unpack_records(tmp_path / "rec", tmp_path / "folder", progress=False)
+    assert not (tmp_path / "folder").exists()
+
+
+def test_missing_bin_is_named(tmp_path):
+    with pytest.raises(InputNotFoundError, match=r"set\.bin: verification set not found"):
+        unpack_bin(tmp_path / "set.bin", tmp_path / "pairs")

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from otface.errors import ConfigError
 from otface.eval import search
 from otface.eval.identification import far_thresholds, impostors_above, megaface_identification
 
@@ -127,7 +128,7 @@ def test_impostor_count_is_exact_in_decimal():
     assert impostors_above(1e-6, 3530 * 10**6) == 3530
     assert impostors_above(1e-6, 999_999) == 0
     for bad in (0.0, -1e-6, 1.5):
-        with pytest.raises(ValueError, match=r"FAR must be in \(0, 1\]"):
+        with pytest.raises(ConfigError, match=r"FAR must be in \(0, 1\]"):
             impostors_above(bad, 10)
 
 
@@ -184,15 +185,17 @@ def test_approximate_index_through_search_options():
     assert partial["thresholds"][1e-3] <= exact["thresholds"][1e-3]
 
 
-@pytest.mark.parametrize("args, kwargs, message", [
-    ((np.ones((3, 4)), [0, 0], np.ones((5, 4))), {}, r"probe_labels must have shape \(3,\)"),
-    ((np.ones((3, 4)), [0, 0, 1], np.ones((5, 3))), {}, "4 dimensions, distractor features 3"),
-    ((np.ones((3, 4)), [0, 0, 1], np.ones((0, 4))), {}, "distractor_features must be a non-empty"),
-    ((np.full((3, 4), np.nan), [0, 0, 1], np.ones((5, 4))), {}, "probe_features contains NaN"),
-    ((np.ones((3, 4), int), [0, 0, 1], np.ones((5, 4))), {}, "must hold floating-point features"),
-    ((np.ones((3, 4)), [0, 0, 1], np.ones((5, 4))), {"max_rank": 0}, "max_rank must be >= 1"),
-    ((np.ones((3, 4)), [0, 0, 1], np.ones((5, 4))), {"fars": [0.0]}, r"FAR must be in \(0, 1\]"),
+@pytest.mark.parametrize("args, kwargs, kind, message", [
+    ((np.ones((3, 4)), [0, 0], np.ones((5, 4))), {}, ValueError, r"probe_labels must have shape \(3,\)"),
+    ((np.ones((3, 4)), [0, 0, 1], np.ones((5, 3))), {}, ValueError, "4 dimensions, distractor features 3"),
+    ((np.ones((3, 4)), [0, 0, 1], np.ones((0, 4))), {}, ValueError, "distractor_features must be a non-empty"),
+    ((np.full((3, 4), np.nan), [0, 0, 1], np.ones((5, 4))), {}, ValueError, "probe_features contains NaN"),
+    ((np.ones((3, 4), int), [0, 0, 1], np.ones((5, 4))), {}, ValueError, "must hold floating-point features"),
+    ((np.ones((3, 4)), [0, 0, 1], np.ones((5, 4))), {"max_rank": 0}, ConfigError, "max_rank must be >= 1"),
+    ((np.ones((3, 4)), [0, 0, 1], np.ones((5, 4))), {"fars": [0.0]}, ConfigError, r"FAR must be in \(0, 1\]"),
 ])
-def test_invalid_input_is_a_clear_error(args, kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_invalid_input_is_a_clear_error(args, kwargs, kind, message):
+    """A bad setting is a ConfigError; arrays our code passes wrongly stay plain ValueErrors."""
+    with pytest.raises(kind, match=message) as caught:
         megaface_identification(*args, **kwargs)
+    assert type(caught.value) is kind

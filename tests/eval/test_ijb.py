@@ -5,6 +5,7 @@ import pytest
 from sklearn.metrics import auc as sklearn_auc
 from sklearn.metrics import roc_curve as sklearn_roc_curve
 
+from otface.errors import ConfigError
 from otface.eval.ijb import (
     FARS,
     curve_tar_at_far,
@@ -213,5 +214,5 @@ def test_invalid_inputs_are_refused():
         image_to_template_features(raw, templates.astype(float), medias)
     with pytest.raises(ValueError, match="pairs name templates without features"):
         template_pair_scores(np.array([1, 2]), np.eye(2), np.array([[1, 3]]))
-    with pytest.raises(ValueError, match="target FARs"):
+    with pytest.raises(ConfigError, match=r"target FARs must be in \(0, 1\], got 0.0"):
         tar_at_far(labels, np.arange(len(labels), dtype=float), fars=[0.0])

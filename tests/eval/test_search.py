@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from otface.errors import ConfigError
 from otface.eval import search
 from otface.eval.search import build_search, default_nlist, knn
 
@@ -105,30 +106,33 @@ def test_without_faiss_auto_falls_back_to_torch(monkeypatch):
     queries, database = separated_data(5, 6, 80, 8, 4)
     _, indices = knn(queries, database, 4)
     np.testing.assert_array_equal(indices, brute_force(queries, database, 4)[1])
-    with pytest.raises(ValueError, match="needs the faiss package.*faiss-cpu"):
+    with pytest.raises(ConfigError, match="needs the faiss package.*faiss-cpu"):
         knn(queries, database, 4, engine="faiss")
-    with pytest.raises(ValueError, match="index='ivf'.*needs engine='faiss'"):
+    with pytest.raises(ConfigError, match="index='ivf'.*needs engine='faiss'"):
         knn(queries, database, 4, index="ivf")
 
 
-@pytest.mark.parametrize("queries, database, k, options, message", [
-    (np.ones((2, 4)), np.ones((5, 4)), 0, {}, r"k must be in \[1, N=5\]"),
-    (np.ones((2, 4)), np.ones((5, 4)), 6, {}, r"k must be in \[1, N=5\]"),
-    (np.ones((2, 3)), np.ones((5, 4)), 1, {}, "queries have 3 features, the database 4"),
-    (np.ones(4), np.ones((5, 4)), 1, {}, r"queries must be a 2-d"),
-    (np.ones((2, 4)), np.ones((0, 4)), 1, {}, "database is empty"),
-    (np.ones((2, 4), int), np.ones((5, 4)), 1, {}, "queries must hold floating-point features, got dtype int"),
-    (np.full((2, 4), np.nan), np.ones((5, 4)), 1, {}, "queries contains NaN or inf"),
-    (np.ones((2, 4)), np.full((5, 4), 1e39), 1, {}, "database contains NaN or inf"),  # overflows float32
-    (np.ones((2, 4)), np.ones((5, 4)), 1, {"engine": "annoy"}, "engine must be one of"),
-    (np.ones((2, 4)), np.ones((5, 4)), 1, {"index": "hnsw"}, "index must be one of"),
-    (np.ones((2, 4)), np.ones((5, 4)), 1, {"nprobe": 2}, "apply to index='ivf' only"),
-    pytest.param(np.ones((2, 4)), np.ones((5, 4)), 1, {"index": "ivf", "nlist": 6}, r"nlist must be in \[1, N=5\]",
-                 marks=needs_faiss),
-    pytest.param(np.ones((2, 4)), np.ones((5, 4)), 1, {"index": "ivf", "nlist": 2, "nprobe": 3},
+@pytest.mark.parametrize("queries, database, k, options, kind, message", [
+    (np.ones((2, 4)), np.ones((5, 4)), 0, {}, ConfigError, r"k must be in \[1, N=5\]"),
+    (np.ones((2, 4)), np.ones((5, 4)), 6, {}, ConfigError, r"k must be in \[1, N=5\]"),
+    (np.ones((2, 3)), np.ones((5, 4)), 1, {}, ValueError, "queries have 3 features, the database 4"),
+    (np.ones(4), np.ones((5, 4)), 1, {}, ValueError, r"queries must be a 2-d"),
+    (np.ones((2, 4)), np.ones((0, 4)), 1, {}, ValueError, "database is empty"),
+    (np.ones((2, 4), int), np.ones((5, 4)), 1, {}, ValueError,
+     "queries must hold floating-point features, got dtype int"),
+    (np.full((2, 4), np.nan), np.ones((5, 4)), 1, {}, ValueError, "queries contains NaN or inf"),
+    (np.ones((2, 4)), np.full((5, 4), 1e39), 1, {}, ValueError, "database contains NaN or inf"),  # overflows float32
+    (np.ones((2, 4)), np.ones((5, 4)), 1, {"engine": "annoy"}, ConfigError, "engine must be one of"),
+    (np.ones((2, 4)), np.ones((5, 4)), 1, {"index": "hnsw"}, ConfigError, "index must be one of"),
+    (np.ones((2, 4)), np.ones((5, 4)), 1, {"nprobe": 2}, ConfigError, "apply to index='ivf' only"),
+    pytest.param(np.ones((2, 4)), np.ones((5, 4)), 1, {"index": "ivf", "nlist": 6}, ConfigError,
+                 r"nlist must be in \[1, N=5\]", marks=needs_faiss),
+    pytest.param(np.ones((2, 4)), np.ones((5, 4)), 1, {"index": "ivf", "nlist": 2, "nprobe": 3}, ConfigError,
                  r"nprobe must be in \[1, nlist=2\]", marks=needs_faiss),
-    (np.ones((2, 4)), np.ones((5, 4)), 1, {"engine": "torch", "query_chunk": 0}, "must be >= 1"),
+    (np.ones((2, 4)), np.ones((5, 4)), 1, {"engine": "torch", "query_chunk": 0}, ConfigError, "must be >= 1"),
 ])
-def test_invalid_input_is_a_clear_error(queries, database, k, options, message):
-    with pytest.raises(ValueError, match=message):
+def test_invalid_input_is_a_clear_error(queries, database, k, options, kind, message):
+    """A bad setting is a ConfigError; arrays our code passes wrongly stay plain ValueErrors."""
+    with pytest.raises(kind, match=message) as caught:
         knn(queries, database, k, **options)
+    assert type(caught.value) is kind
