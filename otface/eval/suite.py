@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from otface.data.megaface import load_images, read_megaface
+from otface.errors import ConfigError, DataError, RunError
 from otface.eval.embed import embed_images
 from otface.eval.identification import megaface_identification
 from otface.eval.ijb import FARS, ijb_verification
@@ -53,7 +54,8 @@ def evaluate_bins(loaded: LoadedModel, paths: Sequence[str | os.PathLike], repor
     """Verification on each ``.bin`` (named by its file stem) into ``report``."""
     names = [Path(p).stem for p in paths]
     if len(set(names)) != len(names):
-        raise ValueError(f"two verification sets share a name: {names}")
+        shared = [str(p) for p, name in zip(paths, names) if names.count(name) > 1]
+        raise ConfigError(f"two verification sets share a name (the file stem): {', '.join(shared)}")
     suite = VerificationSuite({name: Path(p) for name, p in zip(names, paths)}, image_size=loaded.input_size,
                               batch_size=batch_size)
     report.verification, report.roc_verification = suite.run(loaded.model, device, progress)
@@ -86,7 +88,10 @@ def evaluate_megaface(loaded: LoadedModel, root: str | os.PathLike, report: Eval
     """MegaFace-style identification; probes and distractors are decoded ``chunk`` at a time."""
     lists = read_megaface(root)
     features, labels, failed = {}, None, []
-    for which, n in (("probes", len(lists.probe_paths)), ("distractors", len(lists.distractor_paths))):
+    for which, n, list_file in (("probes", len(lists.probe_paths), lists.probe_list),
+                                ("distractors", len(lists.distractor_paths), lists.distractor_list)):
+        if n == 0:
+            raise DataError(f"{list_file}: no MegaFace {which} listed (after noise removal)")
         parts = []
         for start in tqdm(range(0, n, chunk), desc=f"megaface {which}", disable=not progress):
             loaded_images = load_images(lists, which, start, start + chunk, on_error=on_error)
@@ -97,7 +102,7 @@ def evaluate_megaface(loaded: LoadedModel, root: str | os.PathLike, report: Eval
             if which == "probes":
                 labels = loaded_images.labels if labels is None else np.concatenate([labels, loaded_images.labels])
         if not parts:
-            raise ValueError(f"{root}: no readable MegaFace {which}")
+            raise RunError(f"{list_file}: none of the {n} MegaFace {which} could be read (first: {failed[-n]})")
         features[which] = np.concatenate(parts)
     r = megaface_identification(features["probes"], labels, features["distractors"], fars=MEGAFACE_FARS,
                                 search_options=search_options)
@@ -125,6 +130,14 @@ def markdown(report: EvalReport) -> str:
             lines.append(f"| {name} | {r['pairs']} | {_pct(r['accuracy'])} | {_pct(r['accuracy_std'])} | "
                          f"{_pct(r['tar_at_far'])} | {r['auc']:.4f} |")
         lines.append("")
+        for name, r in report.verification.items():
+            if r.get("tar_at_far_note"):
+                lines.append(f"- {name}: TAR@FAR n/a: {r['tar_at_far_note']}")
+            if r["unbalanced_folds"]:
+                lines.append(f"- {name}: folds {', '.join(str(i + 1) for i in r['unbalanced_folds'])} hold far more "
+                             "or fewer genuine pairs than the set: the pair order shapes them")
+        if lines[-1] != "":
+            lines.append("")
     if report.ijb:
         fars = [f"{f:g}" for f in FARS]
         lines += ["## IJB 1:1 verification, TAR (%) at FAR", "",

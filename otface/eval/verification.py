@@ -11,6 +11,12 @@ The numbers equal those of insightface's ``eval/verification.py`` (``calculate_r
 - TAR at a target FAR: on each fold, the threshold at which the FAR of the other folds equals the
   target, interpolated linearly over ``np.arange(0, 4, 0.001)`` (0 when that FAR is never
   reached), is applied to it.
+
+What insightface leaves unsaid, reported here: a FAR of f can be set only with at least 1/f
+impostor pairs in the other folds (``tar_at_far_defined``; ``far`` is the FAR actually reached on
+the test folds), and since the folds are contiguous the order of the pairs matters -- a list
+with all genuine pairs first gives folds of one kind (``unbalanced_folds``). A set without
+genuine or without impostor pairs has no verification accuracy and is an error.
 """
 
 from __future__ import annotations
@@ -19,8 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from otface.errors import DataError
+
 ACC_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
+FOLD_BALANCE_TOLERANCE = 0.2  # a fold whose genuine fraction is further than this from the set's is unbalanced
 
 
 def kfold_indices(n: int, nfolds: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -38,6 +47,15 @@ def kfold_indices(n: int, nfolds: int) -> list[tuple[np.ndarray, np.ndarray]]:
     sizes[: n % nfolds] += 1
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     return [(np.concatenate([idx[:a], idx[b:]]), idx[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def unbalanced_folds(issame: np.ndarray, nfolds: int = 10) -> list[int]:
+    """The folds (0-based) whose fraction of genuine pairs differs from the whole set's by more
+    than FOLD_BALANCE_TOLERANCE: the pair order, not chance, decides what they measure."""
+    issame = np.asarray(issame, dtype=bool)
+    overall = issame.mean()
+    return [i for i, (_, test) in enumerate(kfold_indices(len(issame), nfolds))
+            if abs(issame[test].mean() - overall) > FOLD_BALANCE_TOLERANCE]
 
 
 def rates(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -95,8 +113,14 @@ def verification(
         threshold: mean best squared-L2 threshold over folds;
         tar_at_far, tar_at_far_std, far: mean and std of the test-fold TAR, and the mean test-fold
             FAR reached, at the thresholds chosen for ``far_target``;
+        tar_at_far_defined: whether every fold's other folds hold >= 1 / far_target impostor
+            pairs, so that the threshold can be set at the target FAR at all;
+        min_impostors: the fewest impostor pairs of the other folds, over the folds;
+        unbalanced_folds: :func:`unbalanced_folds`;
         far_target; auc: ROC AUC over all pairs;
         tpr, fpr: (400,) test-fold ROC over ACC_THRESHOLDS, averaged over folds.
+
+    Raises :class:`DataError` when the pairs are all genuine or all impostors.
     """
     emb1, emb2 = np.asarray(emb1, dtype=np.float64), np.asarray(emb2, dtype=np.float64)
     issame = np.asarray(issame)
@@ -109,12 +133,17 @@ def verification(
         raise ValueError("embeddings contain NaN or inf")
     if not 0.0 < far_target <= 1.0:
         raise ValueError(f"far_target must be in (0, 1], got {far_target}")
+    genuine = int(issame.sum())
+    if genuine in (0, len(issame)):
+        kind = "genuine" if genuine else "impostor"
+        raise DataError(f"all {len(issame)} pairs are {kind} pairs: verification needs both kinds")
     e1 = emb1 / np.maximum(np.linalg.norm(emb1, axis=1, keepdims=True), 1e-12)
     e2 = emb2 / np.maximum(np.linalg.norm(emb2, axis=1, keepdims=True), 1e-12)
     dist = ((e1 - e2) ** 2).sum(1)
 
-    acc, best_thr, tprs, fprs, tar, far = [], [], [], [], [], []
+    acc, best_thr, tprs, fprs, tar, far, impostors = [], [], [], [], [], [], []
     for train, test in kfold_indices(len(dist), nfolds):
+        impostors.append(int((~issame[train]).sum()))
         best = ACC_THRESHOLDS[np.argmax(rates(dist[train], issame[train], ACC_THRESHOLDS)[2])]
         tpr, fpr, _ = rates(dist[test], issame[test], ACC_THRESHOLDS)
         tprs.append(tpr)
@@ -132,6 +161,9 @@ def verification(
         "tar_at_far": float(np.mean(tar)),
         "tar_at_far_std": float(np.std(tar)),
         "far": float(np.mean(far)),
+        "tar_at_far_defined": min(impostors) * far_target >= 1.0 - 1e-9,
+        "min_impostors": min(impostors),
+        "unbalanced_folds": unbalanced_folds(issame, nfolds),
         "far_target": float(far_target),
         "auc": roc_auc(dist, issame),
         "tpr": np.mean(tprs, 0),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -13,9 +14,32 @@ from tqdm.auto import tqdm
 from otface.data.binset import load_verification_set
 from otface.eval.embed import embed_images
 from otface.eval.plots import plot_roc
+from otface.errors import DataError
 from otface.eval.verification import verification
 
-SUMMARY_KEYS = ("accuracy", "accuracy_std", "threshold", "tar_at_far", "tar_at_far_std", "far_target", "auc")
+log = logging.getLogger("otface.eval")
+
+SUMMARY_KEYS = ("accuracy", "accuracy_std", "threshold", "tar_at_far", "tar_at_far_std", "far", "far_target", "auc")
+
+
+def summarise(r: dict[str, Any], pairs: int) -> dict[str, Any]:
+    """The JSON summary of :func:`verification`'s result over ``pairs`` pairs. When the set has
+    too few impostors to set the target FAR, ``tar_at_far`` (and its std) is None and
+    ``tar_at_far_note`` says why; ``far`` is the FAR reached either way."""
+    out = {k: float(r[k]) for k in SUMMARY_KEYS} | {"pairs": int(pairs), "unbalanced_folds": r["unbalanced_folds"]}
+    if not r["tar_at_far_defined"]:
+        out["tar_at_far"] = out["tar_at_far_std"] = None
+        out["tar_at_far_note"] = (f"FAR {r['far_target']:g} needs >= {1 / r['far_target']:.0f} impostor pairs "
+                                  f"outside each fold, this set has {r['min_impostors']}; FAR reached "
+                                  f"{100 * r['far']:.2f} %")
+    return out
+
+
+def format_tar(summary: dict[str, Any]) -> str:
+    """TAR@FAR of a :func:`summarise` result in percent, or 'n/a' with the reason."""
+    if summary["tar_at_far"] is None:
+        return f"n/a ({summary['tar_at_far_note']})"
+    return f"{100 * summary['tar_at_far']:.2f} %"
 
 
 class VerificationSuite:
@@ -24,6 +48,7 @@ class VerificationSuite:
     def __init__(self, paths: Mapping[str, Path], image_size: int = 112, batch_size: int = 256) -> None:
         self.image_size = image_size
         self.batch_size = batch_size
+        self.paths = dict(paths)
         self.sets = {name: load_verification_set(path) for name, path in paths.items()}
 
     def run(self, model: nn.Module, device: torch.device,
@@ -32,8 +57,15 @@ class VerificationSuite:
         results, curves = {}, {}
         for name, (images, issame) in tqdm(self.sets.items(), desc="verify", disable=not progress):
             emb = embed_images(model, images, self.image_size, self.batch_size, device).numpy()
-            r = verification(emb[0::2], emb[1::2], np.asarray(issame, dtype=bool))
-            results[name] = {k: float(r[k]) for k in SUMMARY_KEYS} | {"pairs": int(len(issame))}
+            try:
+                r = verification(emb[0::2], emb[1::2], np.asarray(issame, dtype=bool))
+            except DataError as err:
+                raise DataError(f"{self.paths[name]}: {err}") from None
+            if r["unbalanced_folds"]:
+                log.warning("%s: folds %s hold far more or fewer genuine pairs than the set (the 10 folds are "
+                            "contiguous runs of the pair list): the pair order, not the model, shapes them",
+                            self.paths[name], ", ".join(str(i + 1) for i in r["unbalanced_folds"]))
+            results[name] = summarise(r, len(issame))
             curves[name] = (r["fpr"], r["tpr"])
         return results, curves
 

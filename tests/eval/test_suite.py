@@ -14,15 +14,17 @@ from otface.config import load_config
 from otface.data.binset import load_verification_set, write_bin
 from otface.data.megaface import load_images, read_megaface
 from otface.data.transforms import normalize, resize
+from otface.errors import ConfigError, DataError, InputNotFoundError, ModelFileError, RunError
 from otface.eval.embed import extract_embeddings
 from otface.eval.identification import megaface_identification
 from otface.eval.ijb import ijb_verification
 from otface.eval.model import export_backbone, load_model
+from otface.eval.suite import EvalReport, evaluate_bins, evaluate_megaface
 from otface.eval.verification import verification
 from otface.models import build_backbone
 from otface.train.checkpoint import save_checkpoint
 from support.ijb_layout import write_layout
-from support.megaface_pack import write_pack
+from support.megaface_pack import DISTRACTORS, write_pack
 
 SMALL = ["model.backbone=iresnet18", "model.params={width: 0.125}", "model.input_size=32", "model.embedding_size=16"]
 
@@ -51,7 +53,7 @@ def test_checkpoint_and_export_give_the_trained_backbone(checkpoint, exported):
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         expected = model(x)
-    for loaded in (load_model(path), load_model(exported)):
+    for loaded in (load_model(path), load_model(exported, trust_exported=True)):
         assert loaded.input_size == 32
         with torch.no_grad():
             torch.testing.assert_close(loaded.model(x), expected, rtol=1e-5, atol=1e-5)
@@ -59,14 +61,24 @@ def test_checkpoint_and_export_give_the_trained_backbone(checkpoint, exported):
 
 
 def test_load_model_rejects_what_it_cannot_use(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputNotFoundError):
         load_model(tmp_path / "none.pt")
     save_checkpoint({"weights": {}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not an otface training checkpoint"):
+    with pytest.raises(ModelFileError, match="not an otface training checkpoint"):
         load_model(tmp_path / "other.pt")
     (tmp_path / "bad.pt2").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="not a readable exported model"):
-        load_model(tmp_path / "bad.pt2")
+    with pytest.raises(ModelFileError, match="unpickles it and so runs any code the file holds"):
+        load_model(tmp_path / "bad.pt2")  # refused before it is opened: not trusted
+    with pytest.raises(ModelFileError, match="not a readable exported model"):
+        load_model(tmp_path / "bad.pt2", trust_exported=True)
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_backbone_is_one_error(checkpoint, tmp_path):
+    ckpt = torch.load(checkpoint[0], weights_only=True)
+    ckpt["config"]["model"]["embedding_size"] = 64
+    save_checkpoint(ckpt, tmp_path / "misfit.pt")
+    with pytest.raises(ModelFileError, match=r"misfit.pt: its weights do not fit iresnet18: Error\(s\) in loading"):
+        load_model(tmp_path / "misfit.pt")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +115,8 @@ def test_eval_cli_reports_what_each_protocol_gives(checkpoint, exported, benchma
     path = checkpoint[0] if which == "checkpoint" else exported
     out = tmp_path / "eval"
     args = ["eval", str(path), "--bin-dir", str(benchmarks), "--ijb", str(benchmarks / "IJBC"),
-            "--megaface", str(benchmarks / "megaface"), "--out", str(out), "--device", "cpu"]
+            "--megaface", str(benchmarks / "megaface"), "--out", str(out), "--device", "cpu",
+            *(["--trust-model"] if which == "exported" else [])]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| lfw | 20 |" in printed and "## IJB 1:1" in printed and "## MegaFace-style" in printed
@@ -142,3 +155,28 @@ def test_eval_cli_errors_name_the_problem(checkpoint, benchmarks, tmp_path, caps
     (tmp_path / "cplfw.bin").write_bytes(b"garbage")
     assert main(["eval", path, "--bin", str(tmp_path / "cplfw.bin"), "--out", str(tmp_path / "o")]) == 2
     assert "cplfw.bin" in capsys.readouterr().err
+    assert main(["eval", path, "--ijb", str(tmp_path / "IJBC"), "--out", str(tmp_path / "o")]) == 2
+    assert "IJBC meta file not found" in capsys.readouterr().err
+    assert main(["eval", path, "--ijb", str(tmp_path / "IJBA"), "--out", str(tmp_path / "o")]) == 2
+    assert "IJB set name must be one of" in capsys.readouterr().err
+    assert main(["eval", path, "--megaface", str(tmp_path / "mf"), "--out", str(tmp_path / "o")]) == 2
+    assert "mf: MegaFace test pack folder not found" in capsys.readouterr().err
+
+
+def test_two_verification_sets_of_one_name_are_refused(checkpoint, tmp_path):
+    paths = [tmp_path / "a" / "lfw.bin", tmp_path / "b" / "lfw.bin", tmp_path / "agedb_30.bin"]
+    with pytest.raises(ConfigError, match=r"share a name \(the file stem\): .*a/lfw\.bin, .*b/lfw\.bin$"):
+        evaluate_bins(load_model(checkpoint[0]), paths, EvalReport(model="m"), torch.device("cpu"))
+
+
+def test_megaface_without_distractors_to_use_is_named(checkpoint, tmp_path):
+    loaded = load_model(checkpoint[0])
+    root = write_pack(tmp_path / "noisy", size=112, distractor_noises="".join(p + "\n" for p in DISTRACTORS))
+    with pytest.raises(DataError, match=r"noisy/megaface_lst: no MegaFace distractors listed \(after noise removal\)"):
+        evaluate_megaface(loaded, root, EvalReport(model="m"), torch.device("cpu"), progress=False)
+    root = write_pack(tmp_path / "broken", size=112)
+    for path in DISTRACTORS:
+        (root / "megaface_images" / path).write_bytes(b"broken")
+    with pytest.raises(RunError, match=r"broken/megaface_lst: none of the 4 MegaFace distractors could be read "
+                                       r"\(first: .*megaface_lst line 1: .*11_0\.jpg: cannot decode"):
+        evaluate_megaface(loaded, root, EvalReport(model="m"), torch.device("cpu"), on_error="skip", progress=False)

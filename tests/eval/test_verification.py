@@ -6,7 +6,8 @@ from torch import nn
 
 from otface.eval import extract_embeddings, plot_roc, verification
 from otface.eval.plots import curve_auc, plot_cmc
-from otface.eval.verification import VAL_THRESHOLDS, far_threshold, kfold_indices
+from otface.errors import DataError
+from otface.eval.verification import VAL_THRESHOLDS, far_threshold, kfold_indices, unbalanced_folds
 
 
 def normalised_dist(e1, e2):
@@ -162,18 +163,54 @@ def test_kfold_like_sklearn_and_lfold():
 
 
 def test_bad_input():
+    mixed = np.arange(4) % 2 == 0
     with pytest.raises(ValueError, match="shape"):
-        verification(np.zeros((4, 3)), np.zeros((5, 3)), np.ones(4, bool))
+        verification(np.zeros((4, 3)), np.zeros((5, 3)), mixed)
     with pytest.raises(ValueError, match="shape"):
         verification(np.ones((4, 3)), np.ones((4, 3)), np.ones(5, bool))
     with pytest.raises(ValueError, match="boolean"):
         verification(np.ones((4, 3)), np.ones((4, 3)), np.ones(4))
     with pytest.raises(ValueError, match="NaN"):
-        verification(np.full((20, 3), np.nan), np.ones((20, 3)), np.ones(20, bool))
+        verification(np.full((20, 3), np.nan), np.ones((20, 3)), np.arange(20) % 2 == 0)
     with pytest.raises(ValueError, match="nfolds"):
-        verification(np.ones((4, 3)), np.ones((4, 3)), np.ones(4, bool), nfolds=10)
+        verification(np.ones((4, 3)), np.ones((4, 3)), mixed, nfolds=10)
     with pytest.raises(ValueError, match="far_target"):
-        verification(np.ones((40, 3)), np.ones((40, 3)), np.ones(40, bool), far_target=0)
+        verification(np.ones((40, 3)), np.ones((40, 3)), np.arange(40) % 2 == 0, far_target=0)
+
+
+@pytest.mark.parametrize("kind", [True, False])
+def test_a_set_of_one_kind_of_pair_is_an_error(kind):
+    rng = np.random.default_rng(0)
+    with pytest.raises(DataError, match=f"all 40 pairs are {'genuine' if kind else 'impostor'} pairs"):
+        verification(rng.normal(size=(40, 8)), rng.normal(size=(40, 8)), np.full(40, kind))
+
+
+@pytest.mark.parametrize("impostors, defined", [(300, False), (1000, False), (1300, True)])
+def test_tar_at_far_is_marked_undefined_without_enough_impostors(impostors, defined):
+    """FAR 1e-3 needs >= 1000 impostors in the other folds of every fold: counted by hand."""
+    rng = np.random.default_rng(1)
+    issame = rng.permutation(np.r_[np.ones(400, bool), np.zeros(impostors, bool)])
+    e1, e2 = rng.normal(size=(len(issame), 8)), rng.normal(size=(len(issame), 8))
+    e2[issame] = e1[issame] + 0.3 * rng.normal(size=(int(issame.sum()), 8))
+    r = verification(e1, e2, issame)
+    folds = np.array_split(np.arange(len(issame)), 10)
+    fewest = min(int((~np.delete(issame, f)).sum()) for f in folds)
+    assert r["min_impostors"] == fewest and r["tar_at_far_defined"] == (fewest >= 1000) == defined
+    assert 0.0 <= r["far"] <= 1.0
+
+
+def test_blocked_pair_order_is_reported_as_unbalanced_folds():
+    rng = np.random.default_rng(2)
+    blocked = np.r_[np.ones(300, bool), np.zeros(300, bool)]  # all genuine pairs first
+    assert unbalanced_folds(blocked) == list(range(10))
+    interleaved = np.arange(600) % 2 == 0
+    assert unbalanced_folds(interleaved) == []
+    shuffled = rng.permutation(blocked)
+    expected = [i for i, f in enumerate(np.array_split(np.arange(600), 10))
+                if abs(shuffled[f].mean() - 0.5) > 0.2]
+    assert unbalanced_folds(shuffled) == expected
+    e = rng.normal(size=(600, 8))
+    assert verification(e, e + 0.1, blocked)["unbalanced_folds"] == list(range(10))
 
 
 class Tiny(nn.Module):
