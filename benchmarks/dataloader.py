@@ -68,7 +68,7 @@ def decode_rate(dataset: RecordDataset, count: int = 2000) -> dict[str, float]:
 def loader_rate(root: Path, workers: int, batch: int, batches: int, input_size: int | None) -> float:
     """Delivered images/s of the training DataLoader with ``workers`` processes, followed by
     ``network_input`` at side ``input_size`` in this process when given."""
-    dataset = RecordDataset(root, flip=True)
+    dataset = RecordDataset(root)
     sampler = PKBatchSampler(dataset.labels, batch, 4, seed=0)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                          prefetch_factor=4 if workers else None, persistent_workers=False)
@@ -95,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in a DataLoader worker
     root = args.root or default_root()
-    dataset = RecordDataset(root, flip=True)
+    dataset = RecordDataset(root)
     print(f"{root}: {len(dataset)} images of {dataset.num_classes} identities, {dataset.width}x{dataset.height}; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"simplejpeg {'yes' if transforms.simplejpeg is not None else 'no'}")

@@ -9,16 +9,19 @@ table and writes ``results.json`` into the run folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from otface.config import Config, describe, load_config
+from otface.config import Config, config_from_dict, describe, load_config
+from otface.errors import ConfigError, InputNotFoundError, ModelFileError, OtfaceError, RunError, one_line
+from otface.files import write_text_atomic
 
 RUNS = Path("runs")
 
@@ -30,18 +33,34 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
-def setup_logging(log_file: Path | None = None) -> None:
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+
+
+def setup_logging() -> None:
+    """otface's log lines (progress, warnings) on stderr, through tqdm."""
     root = logging.getLogger("otface")
     root.setLevel(logging.INFO)
     root.handlers.clear()
     console = _TqdmHandler()
-    console.setFormatter(fmt)
+    console.setFormatter(LOG_FORMAT)
     root.addHandler(console)
-    if log_file is not None:
-        file_handler = logging.FileHandler(log_file)
-        file_handler.setFormatter(fmt)
-        root.addHandler(file_handler)
+
+
+@contextlib.contextmanager
+def log_to_file(path: Path) -> Iterator[None]:
+    """Also write otface's log lines to ``path`` (appended) during the block."""
+    try:
+        handler = logging.FileHandler(path)
+    except OSError as err:
+        raise RunError(f"cannot write {path}: {err.strerror or err}") from None
+    handler.setFormatter(LOG_FORMAT)
+    root = logging.getLogger("otface")
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def results_table(results: dict[str, Any]) -> str:
@@ -50,12 +69,20 @@ def results_table(results: dict[str, Any]) -> str:
         "| set | pairs | accuracy (%) | std (%) | TAR@FAR=1e-3 (%) | AUC |",
         "|---|---:|---:|---:|---:|---:|",
     ]
+    notes = []
     for name, r in results["verification"].items():
+        tar = "n/a" if r["tar_at_far"] is None else f"{100 * r['tar_at_far']:.2f}"
         lines.append(
             f"| {name} | {r['pairs']} | {100 * r['accuracy']:.2f} | {100 * r['accuracy_std']:.2f} "
-            f"| {100 * r['tar_at_far']:.2f} | {r['auc']:.4f} |"
+            f"| {tar} | {r['auc']:.4f} |"
         )
+        if r["tar_at_far"] is None:
+            notes.append(f"{name}: TAR@FAR n/a: {r['tar_at_far_note']}")
+        if r.get("unbalanced_folds"):
+            notes.append(f"{name}: folds {', '.join(str(i + 1) for i in r['unbalanced_folds'])} are unbalanced "
+                         "(the pair order decides what they measure)")
     t = results["train"]
+    lines.extend(notes)
     lines.append("")
     lines.append(
         f"trained {t['epochs']} epochs ({t['steps']} steps, {t['images']} images) in "
@@ -69,13 +96,16 @@ def results_table(results: dict[str, Any]) -> str:
     if t.get("skipped_samples"):
         lines.append(f"skipped {t['skipped_samples']} unreadable training samples (data.on_error=skip); first ones:")
         lines.extend(f"  sample {index}: {reason}" for index, reason in t["bad_samples"][:10])
+    for resume in t.get("resumes", []):
+        changed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in resume["changes"].items())
+        lines.append(f"resumed at step {resume['step']} with {changed}")
     return "\n".join(lines)
 
 
 def _latest_run() -> Path:
     runs = sorted((p for p in RUNS.glob("*") if (p / "last.pt").is_file()), key=lambda p: p.stat().st_mtime)
     if not runs:
-        raise FileNotFoundError(f"--resume without --out: no run with a checkpoint under {RUNS}/")
+        raise InputNotFoundError(f"--resume without --out: no run with a checkpoint under {RUNS}/")
     return runs[-1]
 
 
@@ -84,33 +114,51 @@ def _default_run_dir(cfg: Config) -> Path:
     return RUNS / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
 
 
+def _resumed_config(args: argparse.Namespace, path: Path) -> tuple[Config, dict[str, Any], dict[str, list[Any]]]:
+    """(config, checkpoint, settings changed) of ``--resume``: the checkpoint's config (or
+    ``--config``) with the overrides, checked against the checkpoint's (:mod:`otface.train.resume`)."""
+    from otface.train.checkpoint import check_entries, load_checkpoint
+    from otface.train.resume import resume_changes
+
+    if not path.is_file():
+        raise InputNotFoundError(f"--resume: no checkpoint {path}; nothing to resume")
+    ckpt = load_checkpoint(path)
+    check_entries(ckpt, path, ("config", "train_state"))
+    try:
+        saved = config_from_dict(ckpt["config"])
+        epochs_done = int(ckpt["train_state"]["epoch"])
+    except (ConfigError, KeyError, TypeError) as err:
+        raise ModelFileError(f"{path}: its config or train state is not one this version reads: {err}") from None
+    cfg = load_config(args.config, args.overrides, base=None if args.config else ckpt["config"])
+    return cfg, ckpt, resume_changes(saved, cfg, epochs_done)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.list_keys:
         for key, typ, default, help_text in describe():
             print(f"{key} ({typ}, default {default!r}): {help_text}")
         return 0
+    from otface.train.run_folder import CHECKPOINT, hold_run_folder
+
     if args.resume:
         run_dir = Path(args.out) if args.out else _latest_run()
-        saved = run_dir / "config.yaml"
-        if not (run_dir / "last.pt").is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint {run_dir / 'last.pt'}; nothing to resume")
-        cfg = load_config(args.config or saved, args.overrides)
     else:
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(args.out) if args.out else _default_run_dir(cfg)
-        if (run_dir / "last.pt").exists():
-            raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir / "train.log")
-    logging.getLogger("otface").info("run folder: %s", run_dir)
+    with hold_run_folder(run_dir):
+        if args.resume:
+            cfg, ckpt, changes = _resumed_config(args, run_dir / CHECKPOINT)
+        elif (run_dir / CHECKPOINT).exists():
+            raise RunError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out")
+        with log_to_file(run_dir / "train.log"):
+            logging.getLogger("otface").info("run folder: %s", run_dir)
+            from otface.train.trainer import Trainer  # heavy imports only when training
 
-    from otface.train.trainer import Trainer  # heavy imports only when training
-
-    trainer = Trainer(cfg, run_dir)
-    if args.resume:
-        trainer.resume()
-    results = trainer.train()
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+            trainer = Trainer(cfg, run_dir)
+            if args.resume:
+                trainer.resume(ckpt, changes)
+            results = trainer.train()
+            write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2))
     print(results_table(results))
     print(f"\nresults: {run_dir / 'results.json'}  ROC: {run_dir / 'roc.png'}")
     return 0
@@ -124,7 +172,7 @@ def _bin_paths(args: argparse.Namespace) -> list[Path]:
     if args.bin_dir:
         found = [args.bin_dir / f"{name}.bin" for name in STANDARD_BINS if (args.bin_dir / f"{name}.bin").is_file()]
         if not found:
-            raise FileNotFoundError(f"--bin-dir {args.bin_dir}: none of {', '.join(STANDARD_BINS)} (.bin) is there")
+            raise InputNotFoundError(f"--bin-dir {args.bin_dir}: none of {', '.join(STANDARD_BINS)} (.bin) is there")
         paths += found
     return paths
 
@@ -138,9 +186,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     bins = _bin_paths(args)
     if not (bins or args.ijb or args.megaface):
-        raise ValueError("nothing to evaluate: give --bin, --bin-dir, --ijb and/or --megaface")
+        raise ConfigError("nothing to evaluate: give --bin, --bin-dir, --ijb and/or --megaface")
     device = resolve_device(args.device)
-    loaded = load_model(args.model, device)
+    loaded = load_model(args.model, device, trust_exported=args.trust_model)
     on_error = "skip" if args.skip_bad else "raise"
     report = EvalReport(model=loaded.description)
     if bins:
@@ -209,10 +257,17 @@ def cmd_data_pack(args: argparse.Namespace) -> int:
 
 def cmd_data_pairs(args: argparse.Namespace) -> int:
     from otface.data.pairs import pairs_to_bin
+    from otface.eval.verification import unbalanced_folds
 
-    n = pairs_to_bin(args.pairs, args.images, args.out, image_size=(args.size, args.size), ext=args.ext,
-                     resize=args.resize, quality=args.quality, format=args.format)
-    print(f"wrote {n} pairs to {args.out}")
+    issame = pairs_to_bin(args.pairs, args.images, args.out, image_size=(args.size, args.size), ext=args.ext,
+                          resize=args.resize, quality=args.quality, format=args.format)
+    print(f"wrote {len(issame)} pairs ({sum(issame)} genuine) to {args.out}")
+    folds = unbalanced_folds(issame) if len(issame) >= 10 else []
+    if folds:
+        logging.getLogger("otface.data").warning(
+            "%s: verification folds %s hold far more or fewer genuine pairs than the list as a whole: the 10 "
+            "folds are contiguous runs of the pair order, so mix genuine and impostor pairs through the list",
+            args.pairs, ", ".join(str(i + 1) for i in folds))
     return 0
 
 
@@ -244,10 +299,17 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
             parser.add_argument("--skip-bad", action="store_true",
                                 help="leave unreadable images out and list them (default: stop at the first)")
 
-    align = commands.add_parser("align", help="align photos by 5 landmarks to the 112x112 ArcFace template")
+    align = commands.add_parser(
+        "align", help="align photos by 5 landmarks to the 112x112 ArcFace template",
+        description="Align the photos listed in a landmarks file to the ArcFace template. Landmark order (as "
+                    "insightface and RetinaFace): the eye on the image's left (the person's right eye), the other "
+                    "eye, the nose tip, the mouth corner on the image's left, the other mouth corner; x to the "
+                    "right and y down, in pixels. A mirrored order or landmarks outside the photo are warned about.")
     align.add_argument("src", type=Path, help="folder of photos")
-    align.add_argument("landmarks", type=Path, help="text file: 'relative/path x1 y1 ... x5 y5' per line")
-    align.add_argument("dst", type=Path, help="output folder (same layout, .jpg crops)")
+    align.add_argument("landmarks", type=Path,
+                       help="text file, one line per photo: 'relative/path x1 y1 ... x5 y5' (an 11th number, a "
+                            "detector score, is ignored; the path may hold spaces)")
+    align.add_argument("dst", type=Path, help="output folder, not the photo folder (same layout, .jpg crops)")
     common(align)
     align.set_defaults(func=cmd_data_align)
 
@@ -259,7 +321,12 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     common(pack)
     pack.set_defaults(func=cmd_data_pack)
 
-    pairs = commands.add_parser("pairs", help="LFW-style pairs.txt (or 'path1 path2 0|1' list) -> .bin")
+    pairs = commands.add_parser(
+        "pairs", help="LFW-style pairs.txt (or 'path1 path2 0|1' list) -> .bin",
+        description="Write a verification .bin from a pair list, keeping its order. The 10 folds of the "
+                    "verification protocol are contiguous runs of this order, so keep genuine and impostor pairs "
+                    "mixed through the list (LFW's pairs.txt alternates blocks of 300 of each); a list with all "
+                    "genuine pairs first gives folds of one kind, and is warned about.")
     pairs.add_argument("pairs", type=Path, help="pairs file")
     pairs.add_argument("images", type=Path, help="folder the pairs file refers to")
     pairs.add_argument("out", type=Path, help="output .bin")
@@ -302,7 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(sub)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint or exported model on benchmarks; write tables and plots")
-    ev.add_argument("model", type=Path, help="training checkpoint (runs/<run>/last.pt) or exported model (.pt2)")
+    ev.add_argument("model", type=Path, help="training checkpoint (runs/<run>/last.pt) or exported model (.pt2, "
+                                             "with --trust-model)")
+    ev.add_argument("--trust-model", action="store_true",
+                    help="load an exported .pt2 model: torch.export.load unpickles it, which runs any code the "
+                         "file holds, so pass this only for a file you made or trust (checkpoints never need it)")
     ev.add_argument("--bin", type=Path, nargs="+", help="verification .bin sets (lfw.bin, agedb_30.bin, ...)")
     ev.add_argument("--bin-dir", type=Path, help="folder holding the standard sets: " + ", ".join(STANDARD_BINS))
     ev.add_argument("--ijb", type=Path, nargs="+", help="IJB set folders named IJBB / IJBC (meta/, loose_crop/)")
@@ -327,12 +398,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command: 0 on success; 2 with one line on stderr for a user's mistake or bad input
+    (:class:`~otface.errors.OtfaceError`); any other exception is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
+    setup_logging()
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:  # config or input data: the message names it
-        print(f"otface: error: {err}", file=sys.stderr)
+    except OtfaceError as err:
+        print(f"otface: error: {one_line(str(err))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("otface: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -21,6 +21,16 @@ class ConfigError(OtfaceError, ValueError):
     """A configuration file, key, value or command-line argument is invalid."""
 
 
+class UnknownNameError(ConfigError, KeyError):
+    """A head, loss or backbone name that is not registered."""
+
+    __str__ = BaseException.__str__  # KeyError's would quote the message
+
+
+class UnknownParameterError(ConfigError, TypeError):
+    """A hyper-parameter that the named head, loss or backbone does not take."""
+
+
 class DataError(OtfaceError, ValueError):
     """A data file is malformed, damaged or inconsistent: an image, a record, a list, a pair set.
 

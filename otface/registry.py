@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
 from typing import Any, Callable, Generic, TypeVar
+
+from otface.errors import UnknownNameError, UnknownParameterError
 
 T = TypeVar("T")
 
@@ -32,16 +36,24 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> Callable[..., T]:
-        """The factory registered as ``name``; a KeyError lists the known names otherwise."""
+        """The factory registered as ``name``; an :class:`UnknownNameError` (a ``KeyError``)
+        lists the known names otherwise."""
         try:
             return self._factories[name]
         except KeyError:
             known = ", ".join(sorted(self._factories))
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
-    def build(self, name: str, *args: Any, **kwargs: Any) -> T:
-        """Build the object registered as ``name`` with the given arguments."""
-        return self.get(name)(*args, **kwargs)
+    def build(self, name: str, **kwargs: Any) -> T:
+        """Build the object registered as ``name`` with the given keyword arguments; one it does
+        not take is an :class:`UnknownParameterError` (a ``TypeError``) listing those it does."""
+        factory = self.get(name)
+        accepted = accepted_parameters(factory)
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise UnknownParameterError(f"{self.kind} {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                                        f"it accepts: {', '.join(accepted)}")
+        return factory(**kwargs)
 
     def names(self) -> list[str]:
         """All registered names, sorted."""
@@ -49,3 +61,17 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._factories
+
+
+def accepted_parameters(factory: Callable[..., Any]) -> list[str]:
+    """The keyword arguments ``factory`` takes: its named parameters and, when it passes
+    ``**kwargs`` on to the class it is annotated to return, that class's parameters that have
+    defaults (those without are the factory's to supply)."""
+    params = inspect.signature(factory).parameters
+    names = [p.name for p in params.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        returned = typing.get_type_hints(factory).get("return")
+        if isinstance(returned, type):
+            names += [p.name for p in inspect.signature(returned).parameters.values()
+                      if p.default is not p.empty and p.name not in names]
+    return names

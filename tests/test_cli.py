@@ -31,7 +31,7 @@ def test_walkthrough_pack_train_eval(tmp_path, capsys):
     assert main(["data", "pack", str(demo / "photos"), str(demo / "packed"), "--skip-bad", "--workers", "2"]) == 0
     printed = capsys.readouterr().out
     assert "skipped 1 unreadable images" in printed and "000003/broken.jpg: cannot decode" in printed
-    original, packed = RecordDataset(demo / "synth", flip=False), RecordDataset(demo / "packed", flip=False)
+    original, packed = RecordDataset(demo / "synth"), RecordDataset(demo / "packed")
     np.testing.assert_array_equal(packed.labels, original.labels)
     assert main(["data", "pairs", str(demo / "pairs" / "pairs.txt"), str(demo / "pairs"),
                  str(demo / "val" / "easy.bin")]) == 0
@@ -45,7 +45,9 @@ def test_walkthrough_pack_train_eval(tmp_path, capsys):
     evaluated = json.loads((run / "eval" / "results.json").read_text())["verification"]["easy"]
     assert evaluated["accuracy"] == pytest.approx(trained["accuracy"])
     assert main(["export", str(run / "last.pt"), str(run / "model.pt2")]) == 0
-    assert main(["eval", str(run / "model.pt2"), "--bin", str(demo / "val" / "easy.bin"),
+    assert main(["eval", str(run / "model.pt2"), "--bin", str(demo / "val" / "easy.bin")]) == 2  # not trusted
+    assert "--trust-model" in capsys.readouterr().err
+    assert main(["eval", str(run / "model.pt2"), "--bin", str(demo / "val" / "easy.bin"), "--trust-model",
                  "--out", str(run / "eval_exported")]) == 0
     exported = json.loads((run / "eval_exported" / "results.json").read_text())["verification"]["easy"]
     assert exported["accuracy"] == pytest.approx(trained["accuracy"])
@@ -65,3 +67,31 @@ def test_data_align_command(tmp_path, capsys):
                  "--skip-bad"]) == 0
     assert "aligned 1 faces" in capsys.readouterr().out
     assert Image.open(tmp_path / "out" / "ann" / "1.jpg").size == (112, 112)
+
+
+def test_pair_order_and_too_few_impostors_are_reported(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path / "synth"), "--num-identities", "12", "--images-per-identity", "6",
+                 "--num-pairs", "40", "--workers", "1"]) == 0
+    assert main(["data", "unpack", str(tmp_path / "synth" / "synth_easy.bin"), str(tmp_path / "pairs")]) == 0
+    lines = (tmp_path / "pairs" / "pairs.txt").read_text().splitlines()
+    blocked = sorted(lines, key=lambda line: line.endswith(" 0"))  # every genuine pair first
+    (tmp_path / "blocked.txt").write_text("\n".join(blocked) + "\n")
+    capsys.readouterr()
+    assert main(["data", "pairs", str(tmp_path / "blocked.txt"), str(tmp_path / "pairs"),
+                 str(tmp_path / "blocked.bin")]) == 0
+    captured = capsys.readouterr()
+    assert "wrote 40 pairs (20 genuine)" in captured.out
+    assert "verification folds 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 hold far more or fewer genuine pairs" in captured.err
+    assert main(["data", "pairs", str(tmp_path / "pairs" / "pairs.txt"), str(tmp_path / "pairs"),
+                 str(tmp_path / "mixed.bin")]) == 0
+    assert "folds" not in capsys.readouterr().err
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), f"data.synthetic.cache_dir={tmp_path / 'cache'}",
+                 "data.synthetic.num_identities=12", "data.synthetic.images_per_identity=6",
+                 "data.synthetic.num_pairs=40", "data.synthetic.workers=1", *TINY_MODEL]) == 0
+    printed = capsys.readouterr().out
+    assert "synth_easy: TAR@FAR n/a: FAR 0.001 needs >= 1000 impostor pairs outside each fold, this set has 18" \
+        in printed
+    results = json.loads((run / "results.json").read_text())["verification"]["synth_easy"]
+    assert results["tar_at_far"] is None and 0.0 <= results["far"] <= 1.0

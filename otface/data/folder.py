@@ -22,9 +22,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from otface.data.transforms import read_image, training_input
+from otface.data.transforms import read_image, to_chw
+from otface.errors import DataError, InputNotFoundError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+SIZE_PROBES = 16  # images tried for the folder's image size
 
 
 def _visible(path: Path) -> bool:
@@ -37,15 +39,15 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, 
     Returns ``(paths, labels, class_names)``: the N image paths (identity by identity, each
     identity's images sorted by name), their int64 (N,) labels, and the C identity folder names
     (``class_names[label]``; an empty identity folder keeps its name and label). Raises
-    ``FileNotFoundError`` when ``root`` is not a folder and ``ValueError`` when it holds no
+    ``InputNotFoundError`` when ``root`` is not a folder and ``DataError`` when it holds no
     identity folder or no image at all.
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: image folder not found")
+        raise InputNotFoundError(f"{root}: image folder not found")
     class_dirs = sorted((p for p in root.iterdir() if _visible(p) and p.is_dir()), key=lambda p: p.name)
     if not class_dirs:
-        raise ValueError(f"{root}: no identity folder (expected {root}/<identity>/<image>)")
+        raise DataError(f"{root}: no identity folder (expected {root}/<identity>/<image>)")
     paths: list[Path] = []
     labels: list[int] = []
     for label, class_dir in enumerate(class_dirs):
@@ -58,7 +60,7 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, 
         labels.extend([label] * len(images))
     if not paths:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise ValueError(f"{root}: {len(class_dirs)} identity folders but no image in them (extensions {extensions})")
+        raise DataError(f"{root}: {len(class_dirs)} identity folders but no image in them (extensions {extensions})")
     return paths, np.asarray(labels, dtype=np.int64), [p.name for p in class_dirs]
 
 
@@ -66,22 +68,33 @@ class ImageFolderDataset(Dataset):
     """Face images and identity labels of an image folder (see the module docstring).
 
     The interface of :class:`otface.data.dataset.RecordDataset`: items are ``(image, label)``, a
-    uint8 (3, H, W) RGB tensor randomly flipped left-right when ``flip`` is set
-    (:func:`transforms.training_input`), and an int; ``labels`` is int64 (N,) and
-    ``num_classes`` counts every identity folder.
+    uint8 (3, H, W) RGB tensor and an int; ``labels`` is int64 (N,) and ``num_classes`` counts
+    every identity folder.
 
-    ``expected_size`` (height, width) makes an image of another size an error. An image that cannot be decoded, or has the wrong size, raises ``ValueError`` naming
-    its file.
+    Every image must have one size, ``expected_size`` (height, width) or else that of the first
+    image that reads, so that batches stack; an image of another size, or one that cannot be
+    decoded, raises :class:`~otface.errors.DataError` naming its file.
     """
 
-    def __init__(self, root: str | os.PathLike, flip: bool = True,
-                 expected_size: tuple[int, int] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike, expected_size: tuple[int, int] | None = None) -> None:
         self.root = Path(root)
-        self.flip = flip
-        self.expected_size = None if expected_size is None else (int(expected_size[0]), int(expected_size[1]))
         self.paths, self.labels, self.class_names = scan_image_folder(self.root)
         self.skipped: list[tuple[int, str]] = []  # RecordDataset's interface: nothing is dropped at construction
         self.num_classes = len(self.class_names)
+        if expected_size is None:
+            self.expected_size, self._size_from = self._first_size()
+        else:
+            self.expected_size, self._size_from = (int(expected_size[0]), int(expected_size[1])), None
+
+    def _first_size(self) -> tuple[tuple[int, int], Path]:
+        """(height, width) of the first readable image among the first SIZE_PROBES, and its path."""
+        errors = []
+        for path in self.paths[:SIZE_PROBES]:
+            try:
+                return read_image(path).shape[:2], path
+            except DataError as exc:
+                errors.append(f"{path}: {exc}")
+        raise DataError(f"{self.root}: none of its first {len(errors)} images can be read; first: {errors[0]}")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -90,6 +103,7 @@ class ImageFolderDataset(Dataset):
         path = self.paths[index]
         try:
             image = read_image(path, self.expected_size)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
-        return training_input(image, self.flip), int(self.labels[index])
+        except DataError as exc:
+            origin = f" (the size of {self._size_from})" if self._size_from and "expected" in str(exc) else ""
+            raise DataError(f"{path}: {exc}{origin}") from None
+        return to_chw(image), int(self.labels[index])

@@ -2,9 +2,13 @@
 
 By default a corrupt image stops the work with an error naming the file and record. When the user
 asks for skips, readers list what they leave out (:func:`raise_or_skip`); in training,
-:class:`SkipBadSamples` turns such an item into a :class:`BadSample` and :func:`collate_skipping`
+:class:`CatchBadSamples` turns such an item into a :class:`BadSample` and :func:`collate_skipping`
 drops it from its batch -- image and label together, so no label moves to another image -- and
-hands it to the trainer, which counts, logs and reports it.
+hands it to the trainer, which raises its error (``on_error='raise'``: in the main process, not
+buried in a loader worker's traceback) or counts, logs and reports it.
+
+Only :class:`~otface.errors.DataError` -- a bad file or record -- is caught; any other exception
+is a bug and propagates.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-SKIPPABLE = (ValueError, OSError)  # what a dataset raises for a bad file or record
+from otface.errors import DataError
+
 ON_ERROR = ("raise", "skip")
 
 
@@ -27,24 +32,29 @@ def check_on_error(on_error: str) -> None:
 
 
 def raise_or_skip(message: str, on_error: str, skipped: list[tuple[Any, str]], key: Any) -> None:
-    """Raise ``ValueError(message)`` when ``on_error`` is 'raise'; else record ``(key, message)``
+    """Raise ``DataError(message)`` when ``on_error`` is 'raise'; else record ``(key, message)``
     in ``skipped``. ``message`` names the file and where it was listed."""
     if on_error == "raise":
-        raise ValueError(message)
+        raise DataError(message)
     skipped.append((key, message))
 
 
 @dataclass(frozen=True)
 class BadSample:
-    """A training item that could not be read: its dataset index and the error message."""
+    """A training item that could not be read: its dataset index and the error, whose message
+    names the file and record."""
 
     index: int
-    reason: str
+    error: DataError
+
+    @property
+    def reason(self) -> str:
+        return str(self.error)
 
 
-class SkipBadSamples(Dataset):
-    """``dataset`` with every unreadable item (``SKIPPABLE`` raised) replaced by a
-    :class:`BadSample`; ``labels``, ``num_classes`` and ``skipped`` (records dropped when the data
+class CatchBadSamples(Dataset):
+    """``dataset`` with every unreadable item (a :class:`~otface.errors.DataError` raised)
+    replaced by a :class:`BadSample`; ``labels``, ``num_classes`` and ``skipped`` (records dropped when the data
     set was opened) are the wrapped dataset's."""
 
     def __init__(self, dataset: Dataset) -> None:
@@ -68,8 +78,8 @@ class SkipBadSamples(Dataset):
     def __getitem__(self, index: int) -> Any:
         try:
             return self.dataset[index]
-        except SKIPPABLE as exc:
-            return BadSample(int(index), str(exc))
+        except DataError as exc:
+            return BadSample(int(index), exc)
 
 
 def collate_skipping(

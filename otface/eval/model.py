@@ -6,6 +6,11 @@
   dynamic) with the facts evaluation needs (input size, embedding size, backbone name) in an
   ``otface.json`` extra file, so it runs without the config or this package's model code.
 
+Safety: a checkpoint is read with ``torch.load(weights_only=True)``, which refuses anything but
+tensors and plain containers. ``torch.export.load`` has no such mode -- it unpickles parts of the
+archive and so runs whatever code a crafted file holds -- so an exported program is loaded only
+when the caller says it trusts the file (``trust_exported``; ``otface eval --trust-model``).
+
 Both take (N, 3, S, S) RGB images normalised to [-1, 1] (``transforms.normalize``), S the input
 size, and return (N, E) embeddings.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +27,9 @@ import torch
 from torch import nn
 
 from otface.config import Config, config_from_dict
+from otface.errors import ConfigError, InputNotFoundError, ModelFileError, one_line
 from otface.models import build_backbone
-from otface.train.checkpoint import load_checkpoint
+from otface.train.checkpoint import check_entries, load_checkpoint
 
 EXPORT_META = "otface.json"
 
@@ -53,14 +60,22 @@ class ExportedBackbone(nn.Module):
 
 
 def backbone_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, Config]:
-    """The backbone of a training checkpoint, weights loaded, in eval mode, and the run's config."""
+    """The backbone of a training checkpoint, weights loaded, in eval mode, and the run's config.
+
+    A file that is not an otface training checkpoint, or whose weights do not fit the backbone its
+    config names, is a :class:`ModelFileError` naming it."""
     ckpt = load_checkpoint(path)
-    if "backbone" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path}: not an otface training checkpoint (no 'backbone' and 'config' entries)")
-    cfg = config_from_dict(ckpt["config"])
-    model = build_backbone(cfg.model.backbone, embedding_size=cfg.model.embedding_size,
-                           input_size=cfg.model.input_size, **cfg.model.params)
-    model.load_state_dict(ckpt["backbone"])
+    check_entries(ckpt, path, ("backbone", "config"))
+    try:
+        cfg = config_from_dict(ckpt["config"])
+        model = build_backbone(cfg.model.backbone, embedding_size=cfg.model.embedding_size,
+                               input_size=cfg.model.input_size, **cfg.model.params)
+    except ConfigError as err:
+        raise ModelFileError(f"{path}: its config is not one this version reads: {err}") from None
+    try:
+        model.load_state_dict(ckpt["backbone"])
+    except RuntimeError as err:  # load_state_dict's report of missing, unexpected or misshapen tensors
+        raise ModelFileError(f"{path}: its weights do not fit {cfg.model.backbone}: {one_line(str(err))}") from None
     return model.eval(), cfg
 
 
@@ -85,19 +100,30 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Pa
     return out
 
 
-def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoadedModel:
-    """A training checkpoint (``.pt``) or an exported backbone (``.pt2``), ready to embed faces."""
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
+               trust_exported: bool = False) -> LoadedModel:
+    """A training checkpoint (``.pt``) or an exported backbone (``.pt2``), ready to embed faces.
+
+    An exported backbone is loaded only with ``trust_exported`` (see the module docstring); without
+    it, a ``.pt2`` is a :class:`ModelFileError` that says so.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no model at {path}")
+        raise InputNotFoundError(f"no model at {path}")
     if path.suffix == ".pt2":
+        if not trust_exported:
+            raise ModelFileError(
+                f"{path}: an exported program is loaded by torch.export.load, which unpickles it and so runs any "
+                "code the file holds; evaluate the training checkpoint (last.pt) instead, or pass --trust-model "
+                "if you made this file or trust who did")
         extra = {EXPORT_META: ""}
         try:
             program = torch.export.load(path, extra_files=extra)
-        except Exception as err:  # torch raises several types for damaged archives
-            raise ValueError(f"{path}: not a readable exported model ({type(err).__name__}: {err})") from None
+        except (RuntimeError, ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as err:  # damaged archives
+            raise ModelFileError(f"{path}: not a readable exported model ({type(err).__name__}: "
+                                 f"{one_line(str(err))})") from None
         if not extra[EXPORT_META]:
-            raise ValueError(f"{path}: exported without {EXPORT_META} (use `otface export`)")
+            raise ModelFileError(f"{path}: exported without {EXPORT_META} (use `otface export`)")
         meta = json.loads(extra[EXPORT_META])
         return LoadedModel(ExportedBackbone(program), int(meta["input_size"]),
                            f"exported {meta['backbone']} ({path})")

@@ -22,6 +22,7 @@ from otface.heads.mv_softmax import MVAMSoftmax, MVArcSoftmax
 from otface.heads.normface import NormFace
 from otface.heads.softmax import Softmax
 from otface.heads.sphereface import SphereFace
+from otface.errors import UnknownNameError, UnknownParameterError
 from otface.registry import Registry
 
 HEADS: Registry[MarginHead] = Registry("head")
@@ -49,8 +50,9 @@ def build_head(name: str, embedding_size: int, num_classes: int, **hyper: Any) -
     wrapped head. A name both accept is written ``focal.gamma`` for the wrapper and
     ``sphereface.gamma`` for the head. Wrappers do not stack.
 
-    Unset hyper-parameters take the paper defaults; an unknown one is a TypeError that names it and
-    lists those accepted.
+    Unset hyper-parameters take the paper defaults; an unknown one is an
+    :class:`~otface.errors.UnknownParameterError` (a TypeError) that names it and lists those
+    accepted.
     """
     wrappers = {"focal": Focal, "hm": HardMining}
     prefix, sep, inner = name.partition("_")
@@ -62,9 +64,9 @@ def build_head(name: str, embedding_size: int, num_classes: int, **hyper: Any) -
         if inner not in HEADS:
             forms = " or ".join(f"{w}_<name>" for w in wrappers)
             if inner.partition("_")[0] in wrappers:
-                raise KeyError(f"head {name!r}: {prefix}_ cannot wrap {inner!r}, wrappers do not stack; "
+                raise UnknownNameError(f"head {name!r}: {prefix}_ cannot wrap {inner!r}, wrappers do not stack; "
                                f"use {forms} with a registered head")
-            raise KeyError(f"unknown head {name!r}: {inner!r} is not registered; "
+            raise UnknownNameError(f"unknown head {name!r}: {inner!r} is not registered; "
                            f"known: {', '.join(HEADS.names())}")
         factory = HEADS.get(inner)
         own = list(inspect.signature(wrapper).parameters)[1:]  # after the wrapped head
@@ -73,7 +75,7 @@ def build_head(name: str, embedding_size: int, num_classes: int, **hyper: Any) -
         route |= {(f"{inner}.{p}" if p in own else p): ("head", p) for p in theirs}
     unknown = sorted(set(hyper) - set(route))
     if unknown:
-        raise TypeError(f"head {name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; "
+        raise UnknownParameterError(f"head {name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; "
                         f"it accepts: {', '.join(route)}")
     kwargs: dict[str, dict[str, Any]] = {"head": {}, "wrapper": {}}
     for key, value in hyper.items():

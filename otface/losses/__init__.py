@@ -19,6 +19,7 @@ from otface.losses.discface import DiscFaceLoss
 from otface.losses.mining import mine_hard_groups, unique_pairs
 from otface.losses.ot_loss import OTLoss, OTLossOutput
 from otface.losses.triplet import TripletLoss
+from otface.errors import UnknownParameterError
 from otface.registry import Registry
 
 AUX_LOSSES: Registry[nn.Module] = Registry("auxiliary loss")
@@ -30,14 +31,15 @@ AUX_LOSSES.register("contrastive")(ContrastiveLoss)
 
 def build_aux_loss(name: str, embedding_size: int, num_classes: int, **hyper: Any) -> nn.Module:
     """Build the auxiliary loss ``name``; it receives ``embedding_size`` / ``num_classes`` if its
-    constructor names them. An unknown hyper-parameter is a TypeError listing the accepted ones."""
+    constructor names them. An unknown hyper-parameter is an UnknownParameterError (a TypeError)
+    listing the accepted ones."""
     factory = AUX_LOSSES.get(name)
     params = inspect.signature(factory).parameters
     context = {k: v for k, v in (("embedding_size", embedding_size), ("num_classes", num_classes)) if k in params}
     accepted = [p for p in params if p not in context]
     unknown = sorted(set(hyper) - set(accepted))
     if unknown:
-        raise TypeError(f"auxiliary loss {name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; "
+        raise UnknownParameterError(f"auxiliary loss {name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; "
                         f"it accepts: {', '.join(accepted) or 'none'}")
     return factory(**context, **hyper)
 

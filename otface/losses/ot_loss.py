@@ -83,8 +83,11 @@ class OTLoss(nn.Module):
     def pair_values(self, points: Tensor, pairs: Tensor) -> Tensor:
         """OT values (Q,) float32 between points[pairs[:, 0]] and points[pairs[:, 1]] (Eq. 6), where
         points is (N, n, C), in chunks of ``chunk_size`` problems."""
+        # index_select, not points[index]: its backward (index_add) sums in a fixed order on every
+        # thread count, where advanced indexing's (index_put with accumulate) does not on the CPU
         values = [
-            cosine_sinkhorn(points[chunk[:, 0]], points[chunk[:, 1]], self.eps, self.iters, self.tol, self.grad)
+            cosine_sinkhorn(points.index_select(0, chunk[:, 0]), points.index_select(0, chunk[:, 1]),
+                            self.eps, self.iters, self.tol, self.grad)
             for chunk in pairs.split(self.chunk_size)
         ]
         return torch.cat(values).float() if values else points.new_zeros(0, dtype=torch.float32)
@@ -104,6 +107,7 @@ class OTLoss(nn.Module):
         pairs, ap_index, an_index = unique_pairs(groups)
         points = feature_maps.flatten(2).transpose(1, 2)  # (N, h*w, C), Eq. 6
         values = self.pair_values(points, pairs)
-        hinge = torch.relu(values[ap_index] - values[an_index] + self.margin)  # Eq. 9
+        ap, an = values.index_select(0, ap_index), values.index_select(0, an_index)
+        hinge = torch.relu(ap - an + self.margin)  # Eq. 9
         loss = hinge.sum() if self.reduction == "sum" else hinge.mean()
         return OTLossOutput(loss, len(groups), len(pairs))

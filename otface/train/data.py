@@ -11,8 +11,9 @@ from torch.utils.data import Dataset
 from otface.config import DataSection, SynthSection
 from otface.data.dataset import RecordDataset
 from otface.data.folder import ImageFolderDataset
-from otface.data.skipping import SkipBadSamples
+from otface.data.skipping import CatchBadSamples
 from otface.data.synth import SynthConfig, generate_synthetic
+from otface.errors import InputNotFoundError
 
 log = logging.getLogger("otface.train")
 
@@ -45,7 +46,7 @@ def prepare_data(data: DataSection, progress: bool = True) -> tuple[Path, dict[s
     if data.root:
         root = Path(data.root)
         if not root.is_dir():
-            raise FileNotFoundError(f"data.root {root} is not a folder")
+            raise InputNotFoundError(f"data.root {root} is not a folder")
         val = {}
     else:
         out = synth_cache_dir(data.synthetic)
@@ -58,19 +59,18 @@ def prepare_data(data: DataSection, progress: bool = True) -> tuple[Path, dict[s
         log.warning("no verification sets (data.val_sets is empty): the run will report no accuracy")
     missing = [str(p) for p in val.values() if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"validation set(s) not found: {', '.join(missing)}")
+        raise InputNotFoundError(f"validation set(s) not found: {', '.join(missing)}")
     return root, val
-
-
 
 
 def open_training_set(root: Path, data: DataSection) -> Dataset:
     """The training set in ``root``: insightface RecordIO when ``root/train.rec`` exists, else an
-    image folder ``root/<identity>/<image>``. With ``data.on_error`` 'skip', records whose header
-    cannot be read are dropped at once (listed in ``skipped``) and the set is wrapped in
-    :class:`SkipBadSamples` for images that fail to decode later."""
+    image folder ``root/<identity>/<image>``, wrapped in :class:`CatchBadSamples` so that an
+    image that fails to decode reaches the trainer as a bad sample (raised there, or skipped).
+    With ``data.on_error`` 'skip', records whose header cannot be read are dropped at once
+    (listed in ``skipped``)."""
     if (root / "train.rec").is_file():
-        dataset = RecordDataset(root, flip=data.flip, skip_unreadable=data.on_error == "skip")
+        dataset = RecordDataset(root, skip_unreadable=data.on_error == "skip")
     else:
-        dataset = ImageFolderDataset(root, flip=data.flip)
-    return SkipBadSamples(dataset) if data.on_error == "skip" else dataset
+        dataset = ImageFolderDataset(root)
+    return CatchBadSamples(dataset)

@@ -9,9 +9,11 @@ changes neither the effective loss scale nor the schedule (SPEC §9).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,23 +26,34 @@ from tqdm.auto import tqdm
 from otface.config import Config, save_config
 from otface.data.samplers import PKBatchSampler, RandomBatchSampler
 from otface.data.skipping import BadSample, collate_skipping
-from otface.data.transforms import network_input
+from otface.data.transforms import flip_draws, flip_images, network_input
+from otface.errors import ConfigError, ModelFileError, RunError, one_line
 from otface.heads import build_head
 from otface.losses import OTLoss, build_aux_loss
 from otface.models import build_backbone
-from otface.train.checkpoint import load_checkpoint, save_checkpoint
+from otface.train.checkpoint import check_entries, load_checkpoint, save_checkpoint
 from otface.train.data import open_training_set, prepare_data
-from otface.train.evaluate import VerificationSuite
+from otface.train.evaluate import VerificationSuite, format_tar
+from otface.train.run_folder import CHECKPOINT
 from otface.train.schedule import lr_factor
 
 log = logging.getLogger("otface.train")
 
-CHECKPOINT = "last.pt"
 KEPT_BAD_SAMPLES = 100  # skipped samples listed by name in the checkpoint and results (all are counted)
+CHECKPOINT_ENTRIES = ("backbone", "head", "losses", "optimizer", "train_state", "torch_rng", "config")
 
 
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive steps produced a NaN or infinite loss."""
+class NonFiniteLossError(RunError):
+    """Too many consecutive steps (across epochs) produced a NaN or infinite loss."""
+
+
+class NonFiniteWeightsError(RunError):
+    """The weights became NaN or infinite; they are not saved over the last good checkpoint."""
+
+
+def _new_window() -> dict[str, Any]:
+    """Sums over the steps since the last log line (checkpointed, so a resumed run logs the same)."""
+    return {"loss": 0.0, "terms": {}, "groups": 0, "n": 0, "images": 0, "seconds_at_start": 0.0}
 
 
 @dataclass
@@ -54,16 +67,45 @@ class TrainState:
     seconds: float = 0.0
     hard_groups: int = 0
     skipped_steps: int = 0
+    bad_in_row: int = 0  # consecutive non-finite losses; spans epochs
+    samples: int = 0  # drawn from the loader, readable or not
     skipped_samples: int = 0
     bad_samples: list = field(default_factory=list)
     history: list = field(default_factory=list)
+    window: dict = field(default_factory=_new_window)
+    resumes: list = field(default_factory=list)  # per --resume: the step and the settings it changed
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu."""
+    """'auto' -> cuda when available, else cpu; a device that does not exist here is a
+    :class:`ConfigError`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a device name: use 'auto', 'cpu' or 'cuda[:i]'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: CUDA is not available here (torch {torch.__version__}, "
+                          f"CUDA build: {torch.version.cuda or 'no'}); use 'cpu' or 'auto'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r}: only 'cpu' and 'cuda' devices are supported")
+    return device
+
+
+def make_deterministic(device: torch.device, deterministic: bool) -> None:
+    """Deterministic kernels: always on the CPU (where they cost next to nothing), on CUDA when
+    asked (cuDNN's autotuner off, cuBLAS with a fixed workspace; slower). An operation without a
+    deterministic CUDA kernel then raises instead of silently varying."""
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    elif deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True)
 
 
 class Trainer:
@@ -77,13 +119,13 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         self.device = resolve_device(cfg.train.device)
+        make_deterministic(self.device, cfg.train.deterministic)
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # exp(-C/eps) underflows to denormals, slow on CPUs
 
         train_root, val_paths = prepare_data(cfg.data, progress=cfg.train.progress)
         self.dataset = open_training_set(train_root, cfg.data)
-        for key, reason in self.dataset.skipped:
-            log.warning("unreadable record %d left out of the training set: %s", key, reason)
+        self._check_records_left_out(train_root)
         self.backbone = build_backbone(
             cfg.model.backbone,
             embedding_size=cfg.model.embedding_size,
@@ -109,8 +151,10 @@ class Trainer:
         self.sampler = self._build_sampler()
         self.steps_per_epoch = len(self.sampler) // cfg.optim.grad_accum
         if self.steps_per_epoch < 1:
-            raise ValueError("fewer micro-batches per epoch than optim.grad_accum: lower one of them")
+            raise ConfigError(f"{len(self.sampler)} micro-batches per epoch, fewer than optim.grad_accum="
+                              f"{cfg.optim.grad_accum}: lower optim.grad_accum or optim.batch_size")
         self.state = TrainState()
+        self.saved_step: int | None = None  # the step of the checkpoint in the run folder, if any
         # uint8 batches become float inputs where the model runs; a CPU run with loader workers
         # leaves that to the workers, which have cores to spare while the main process trains
         on_cpu_with_workers = self.device.type == "cpu" and cfg.data.num_workers > 0
@@ -123,8 +167,8 @@ class Trainer:
         if o.weight == 0:
             return None
         if o.stage not in self.backbone.stage_names:
-            raise ValueError(f"ot.stage {o.stage!r} is not a stage of {self.cfg.model.backbone}: "
-                             f"choose one of {list(self.backbone.stage_names)}")
+            raise ConfigError(f"ot.stage {o.stage!r} is not a stage of {self.cfg.model.backbone}: "
+                              f"choose one of {list(self.backbone.stage_names)}")
         return OTLoss(
             eps=o.eps, iters=o.iters, tol=o.tol or None, grad=o.grad, margin=o.margin,
             mining_margin=o.mining_margin, max_groups=o.max_groups or None,
@@ -133,14 +177,18 @@ class Trainer:
 
     def _build_sampler(self) -> PKBatchSampler | RandomBatchSampler:
         d, o, seed = self.cfg.data, self.cfg.optim, self.cfg.train.seed
-        if d.sampler == "pk":
-            return PKBatchSampler(self.dataset.labels, o.batch_size, d.images_per_identity, seed=seed)
-        return RandomBatchSampler(len(self.dataset), o.batch_size, seed=seed)
+        try:
+            if d.sampler == "pk":
+                return PKBatchSampler(self.dataset.labels, o.batch_size, d.images_per_identity, seed=seed)
+            return RandomBatchSampler(len(self.dataset), o.batch_size, seed=seed)
+        except ValueError as err:  # the samplers' own checks of sizes against the data
+            raise ConfigError(f"data.sampler={d.sampler}, optim.batch_size={o.batch_size}: {err}") from None
 
     def _loader(self) -> torch.utils.data.DataLoader:
-        start = self.state.batch_in_epoch
-        self.sampler.set_epoch(self.state.epoch, start_batch=start)
-        generator = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + self.state.epoch * 1009 + start)
+        self.sampler.set_epoch(self.state.epoch, start_batch=self.state.batch_in_epoch)
+        # the loader draws its workers' seeds from this generator, not from torch's global one,
+        # which a resumed run restores from the checkpoint; nothing random happens in the workers
+        generator = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + self.state.epoch)
         workers = self.cfg.data.num_workers
         return torch.utils.data.DataLoader(
             self.dataset,
@@ -157,29 +205,55 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.run_dir / CHECKPOINT
 
+    def _last_good(self) -> str:
+        if self.saved_step is None:
+            return "no checkpoint was written"
+        return f"last good checkpoint: {self.checkpoint_path()} (step {self.saved_step})"
+
     def save(self) -> None:
-        state = {
-            "backbone": self.backbone.state_dict(),
-            "head": self.head.state_dict(),
-            "losses": self.aux_losses.state_dict(),
+        """Write ``last.pt`` atomically; weights that became non-finite are never written (a
+        :class:`NonFiniteWeightsError` says where the last good checkpoint is)."""
+        modules = {"backbone": self.backbone, "head": self.head, "losses": self.aux_losses}
+        bad = [f"{part}.{name}" for part, module in modules.items() for name, t in module.state_dict().items()
+               if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise NonFiniteWeightsError(
+                f"the weights became non-finite by step {self.state.step} ({len(bad)} "
+                f"tensors, e.g. {bad[0]}; optim.lr={self.cfg.optim.lr:g} may be too high): not saved; "
+                f"{self._last_good()}")
+        state = {name: module.state_dict() for name, module in modules.items()} | {
             "optimizer": self.optimizer.state_dict(),
-            "train_state": vars(self.state),
+            "train_state": dataclasses.asdict(self.state),
             "torch_rng": torch.get_rng_state(),
             "config": self.cfg.to_dict(),
         }
         save_checkpoint(state, self.checkpoint_path())
+        self.saved_step = self.state.step
 
-    def resume(self) -> None:
-        """Continue from ``last.pt`` of the run folder (error if there is none)."""
-        ckpt = load_checkpoint(self.checkpoint_path())
-        self.backbone.load_state_dict(ckpt["backbone"])
-        self.head.load_state_dict(ckpt["head"])
-        self.aux_losses.load_state_dict(ckpt.get("losses", {}))  # checkpoints before auxiliary losses lack it
+    def resume(self, ckpt: dict[str, Any] | None = None, changes: dict[str, list[Any]] | None = None) -> None:
+        """Continue from ``ckpt`` (default: ``last.pt`` of the run folder, loaded here), recording
+        the settings ``changes`` made by this resume (see :mod:`otface.train.resume`)."""
+        path = self.checkpoint_path()
+        ckpt = load_checkpoint(path) if ckpt is None else ckpt
+        check_entries(ckpt, path, CHECKPOINT_ENTRIES)
+        for name, module in (("backbone", self.backbone), ("head", self.head), ("losses", self.aux_losses)):
+            try:
+                module.load_state_dict(ckpt[name])
+            except RuntimeError as err:  # load_state_dict's report of missing, unexpected or misshapen tensors
+                raise ModelFileError(f"{path}: its {name} does not fit this run's: {one_line(str(err))}") from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        known = {f.name for f in dataclasses.fields(TrainState)}
+        if not isinstance(ckpt["train_state"], dict) or set(ckpt["train_state"]) - known:
+            raise ModelFileError(f"{path}: its train_state is not one this version of otface wrote")
         self.state = TrainState(**ckpt["train_state"])
         torch.set_rng_state(ckpt["torch_rng"])
-        log.info("resumed from %s at epoch %d, batch %d (step %d)", self.checkpoint_path(),
-                 self.state.epoch, self.state.batch_in_epoch, self.state.step)
+        self.saved_step = self.state.step
+        if changes:
+            self.state.resumes.append({"step": self.state.step, "changes": changes})
+            log.info("resumed with changed settings: %s",
+                     ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
+        log.info("resumed from %s at epoch %d, batch %d (step %d)", path, self.state.epoch,
+                 self.state.batch_in_epoch, self.state.step)
 
     # ----------------------------------------------------------------------------- training
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -212,8 +286,22 @@ class Trainer:
         total = sum(weights[k] * v for k, v in terms.items())
         return total, {k: v.item() for k, v in terms.items()}, groups
 
+    def _inputs(self, images: torch.Tensor, position: int) -> torch.Tensor:
+        """The network inputs of the batch at ``position`` in the epoch: on the device, as
+        floats, randomly flipped by (seed, epoch, position) when ``data.flip``."""
+        images = images.to(self.device, non_blocking=True)
+        if self._worker_transform is None:
+            images = network_input(images, self.cfg.model.input_size)
+        if self.cfg.data.flip:
+            images = flip_images(images, flip_draws(self.cfg.train.seed, self.state.epoch, position, len(images)))
+        return images
+
     def train(self) -> dict[str, Any]:
-        """Run (or continue) training to ``optim.epochs``, then evaluate; returns the results."""
+        """Run (or continue) training to ``optim.epochs``, then evaluate; returns the results.
+
+        Raises :class:`RunError` kinds when the run cannot go on: it diverged, more data than
+        ``data.max_skip_fraction`` was unreadable, or no step was trained at all.
+        """
         cfg = self.cfg
         save_config(cfg, self.run_dir / "config.yaml")
         log.info("data: %d images of %d identities; %d optimiser steps per epoch; device %s",
@@ -226,52 +314,59 @@ class Trainer:
             self.state.epoch += 1
             self.state.batch_in_epoch = 0
             self.save()
+            self._check_skipped(self.state.samples)
             if cfg.train.val_interval and self.state.epoch % cfg.train.val_interval == 0 \
                     and self.state.epoch < cfg.optim.epochs:
                 self._log_validation(self.validation.evaluate(self.backbone, self.device, progress=False))
         bar.close()
+        if self.state.step == 0:
+            raise RunError(f"trained no step in {self.state.epoch} epochs: every batch was unreadable "
+                           f"({self.state.skipped_samples} samples skipped) or gave a non-finite loss "
+                           f"({self.state.skipped_steps} batches)")
         return self.finish()
 
     def _train_epoch(self, bar: tqdm) -> None:
         cfg, st = self.cfg, self.state
         accum = cfg.optim.grad_accum
+        micro_batches = self.steps_per_epoch * accum
         self.backbone.train()
         self.head.train()
-        window = self._new_window()
-        bad_in_row = 0
         micro = 0
         last = time.perf_counter()
         lr = self._set_lr()
         self.optimizer.zero_grad(set_to_none=True)
         for images, labels, bad in self._loader():
-            if st.batch_in_epoch + micro >= self.steps_per_epoch * accum:
+            position = st.batch_in_epoch + micro
+            if position >= micro_batches:
                 break
-            self._count_bad(bad)
+            st.samples += len(bad) + (0 if labels is None else len(labels))
+            self._handle_bad(bad)
             if images is None:
                 st.batch_in_epoch += micro + 1
                 micro = 0
                 self.optimizer.zero_grad(set_to_none=True)
                 continue
-            images = images.to(self.device, non_blocking=True)
-            if self._worker_transform is None:
-                images = network_input(images, cfg.model.input_size)
+            images = self._inputs(images, position)
             labels = labels.to(self.device, non_blocking=True)
             loss, terms, groups = self._forward(images, labels)
             if not torch.isfinite(loss):
-                bad_in_row += 1
+                st.bad_in_row += 1
                 st.skipped_steps += 1
                 log.warning("non-finite loss (%s) at epoch %d step %d: micro-batch skipped (%d skipped in all)",
                             loss.item(), st.epoch, st.step, st.skipped_steps)
-                if bad_in_row >= cfg.train.max_bad_steps:
+                if st.bad_in_row >= cfg.train.max_bad_steps:
                     raise NonFiniteLossError(
-                        f"{bad_in_row} consecutive non-finite losses; last good checkpoint: {self.checkpoint_path()}")
+                        f"{st.bad_in_row} consecutive non-finite losses (train.max_bad_steps="
+                        f"{cfg.train.max_bad_steps}) at epoch {st.epoch} step {st.step}; the run diverged "
+                        f"(optim.lr={cfg.optim.lr:g} may be too high); {self._last_good()}")
                 self.optimizer.zero_grad(set_to_none=True)
                 st.batch_in_epoch += micro + 1
                 micro = 0
                 continue
-            bad_in_row = 0
+            st.bad_in_row = 0
             (loss / accum).backward()
             micro += 1
+            window = st.window
             window["loss"] += loss.item()
             for name, value in terms.items():
                 window["terms"][name] = window["terms"].get(name, 0.0) + value
@@ -295,45 +390,70 @@ class Trainer:
             bar.update(1)
             lr = self._set_lr()
             if st.step % cfg.train.log_interval == 0:
-                self._log_window(window, lr, bar)
+                self._log_window(lr, bar)
             if cfg.train.checkpoint_steps and st.step % cfg.train.checkpoint_steps == 0:
                 self.save()
 
-    def _count_bad(self, bad: list[BadSample]) -> None:
+    # ----------------------------------------------------------------------------- unreadable data
+    def _check_records_left_out(self, root: Path) -> None:
+        """Records dropped when the training set was opened (``data.on_error=skip``): logged,
+        and a :class:`RunError` when more than ``data.max_skip_fraction`` of them."""
+        skipped = self.dataset.skipped
+        for key, reason in skipped:
+            log.warning("unreadable record %d left out of the training set: %s", key, reason)
+        total = len(self.dataset) + len(skipped)
+        if skipped and len(skipped) > self.cfg.data.max_skip_fraction * total:
+            raise RunError(f"{len(skipped)} of the {total} records of {root} are unreadable, more than "
+                           f"data.max_skip_fraction={self.cfg.data.max_skip_fraction:g}; first: {skipped[0][1]}")
+
+    def _handle_bad(self, bad: list[BadSample]) -> None:
+        """Raise the first unreadable sample's error (``data.on_error=raise``), or count and log
+        them, stopping once more samples were skipped than ``data.max_skip_fraction`` allows."""
+        if not bad:
+            return
+        if self.cfg.data.on_error == "raise":
+            raise bad[0].error
         for sample in bad:
             self.state.skipped_samples += 1
             if len(self.state.bad_samples) < KEPT_BAD_SAMPLES:
                 self.state.bad_samples.append([sample.index, sample.reason])
             log.warning("skipped sample %d (%d skipped in all): %s", sample.index, self.state.skipped_samples,
                         sample.reason)
+        planned = self.cfg.optim.epochs * self.steps_per_epoch * self.cfg.optim.grad_accum * self.cfg.optim.batch_size
+        self._check_skipped(planned)
 
-    @staticmethod
-    def _new_window() -> dict[str, Any]:
-        return {"loss": 0.0, "terms": {}, "groups": 0, "n": 0, "images": 0, "t": time.perf_counter()}
+    def _check_skipped(self, out_of: int) -> None:
+        limit = self.cfg.data.max_skip_fraction
+        if self.state.skipped_samples > limit * out_of:
+            first = self.state.bad_samples[0][1] if self.state.bad_samples else ""
+            raise RunError(f"{self.state.skipped_samples} unreadable training samples skipped, more than "
+                           f"data.max_skip_fraction={limit:g} of {out_of}; first: {first}")
 
-    def _log_window(self, window: dict[str, Any], lr: float, bar: tqdm) -> None:
-        now = time.perf_counter()
-        elapsed = now - window["t"]
+    # ----------------------------------------------------------------------------- reporting
+    def _log_window(self, lr: float, bar: tqdm) -> None:
+        st = self.state
+        window = st.window
+        elapsed = st.seconds - window["seconds_at_start"]
         n = max(window["n"], 1)
         terms = {f"{name}_loss": value / n for name, value in window["terms"].items()}
         row = {
-            "epoch": self.state.epoch, "step": self.state.step, "lr": lr, "loss": window["loss"] / n, **terms,
+            "epoch": st.epoch, "step": st.step, "lr": lr, "loss": window["loss"] / n, **terms,
             "hard_groups": window["groups"] / n, "images_per_second": window["images"] / max(elapsed, 1e-9),
         }
-        self.state.history.append(row)
+        st.history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", groups=f"{row['hard_groups']:.1f}")
         parts = ", ".join(f"{name} {value / n:.4f}" for name, value in window["terms"].items())
         log.info("epoch %d step %d | lr %.4g | loss %.4f (%s) | hard groups %.1f | %.1f img/s",
                  row["epoch"], row["step"], lr, row["loss"], parts, row["hard_groups"], row["images_per_second"])
-        window.update(self._new_window())
+        st.window = _new_window() | {"seconds_at_start": st.seconds}
 
     def _log_validation(self, results: dict[str, dict[str, Any]]) -> None:
         for name, r in results.items():
-            log.info("val %s: accuracy %.4f ± %.4f, TAR@FAR=%g %.4f", name, r["accuracy"],
-                     r["accuracy_std"], r["far_target"], r["tar_at_far"])
+            log.info("val %s: accuracy %.4f ± %.4f, TAR@FAR=%g %s", name, r["accuracy"],
+                     r["accuracy_std"], r["far_target"], format_tar(r))
 
     def finish(self) -> dict[str, Any]:
-        """Final evaluation, ROC picture and ``results.json``."""
+        """Final evaluation, ROC picture and the results (``results.json`` of the run)."""
         results = self.validation.evaluate(self.backbone, self.device, progress=self.cfg.train.progress,
                                            roc_path=self.run_dir / "roc.png")
         self._log_validation(results)
@@ -357,6 +477,7 @@ class Trainer:
                 "bad_samples": st.bad_samples,
                 "final_loss": rows[-1]["loss"] if rows else math.nan,
                 "history": st.history,
+                "resumes": st.resumes,
             },
             "config": self.cfg.to_dict(),
         }

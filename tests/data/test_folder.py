@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from otface.data.folder import ImageFolderDataset, scan_image_folder
-from support.flips import assert_flips_both_ways
+from otface.errors import DataError
 
 H, W = 20, 16
 
@@ -63,7 +63,7 @@ def _expected(path, flip: bool = False) -> torch.Tensor:
 
 def test_items_match_the_files(tree):
     root, expected = tree
-    ds = ImageFolderDataset(root, flip=False, expected_size=(H, W))
+    ds = ImageFolderDataset(root, expected_size=(H, W))
     assert len(ds) == 6 and ds.num_classes == 4
     assert ds.labels.dtype == np.int64 and ds.labels.tolist() == [0, 0, 0, 1, 1, 3]
     for i, path in enumerate(expected):
@@ -73,20 +73,26 @@ def test_items_match_the_files(tree):
         torch.testing.assert_close(x, _expected(path), rtol=0, atol=0)
 
 
-def test_flip_gives_the_image_or_its_mirror(tree):
-    root, expected = tree
-    ds = ImageFolderDataset(root, flip=True)
-    assert_flips_both_ways(lambda: ds[4][0], _expected(expected[4]), _expected(expected[4], flip=True))
-
-
 def test_corrupt_and_wrong_size_images_raise_naming_the_file(tree):
     root, expected = tree
     truncated = expected[4].read_bytes()
     expected[4].write_bytes(truncated[: len(truncated) // 2])
-    ds = ImageFolderDataset(root, flip=False, expected_size=(H, W))
-    with pytest.raises(ValueError, match=r"bob/2\.jpg: cannot decode"):
+    ds = ImageFolderDataset(root, expected_size=(H, W))
+    with pytest.raises(DataError, match=r"bob/2\.jpg: cannot decode"):
         ds[4]
     _save(expected[5], np.zeros((H + 1, W, 3), np.uint8))
-    with pytest.raises(ValueError, match=rf"dave/z\.jpg: image is {W}x{H + 1}, expected {W}x{H}"):
+    with pytest.raises(DataError, match=rf"dave/z\.jpg: image is {W}x{H + 1}, expected {W}x{H}$"):
         ds[5]
-    assert ImageFolderDataset(root, flip=False)[5][0].shape == (3, H + 1, W)  # no size check asked
+    inferred = ImageFolderDataset(root)  # no size given: the first image's
+    assert inferred.expected_size == (H, W)
+    with pytest.raises(DataError, match=rf"dave/z\.jpg: image is {W}x{H + 1}, expected {W}x{H} \(the size of "
+                                        rf".*{expected[0].name}\)"):
+        inferred[5]
+
+
+def test_a_folder_whose_first_images_are_all_unreadable_is_an_error(tree):
+    root, expected = tree
+    for path in expected:
+        path.write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"none of its first \d+ images can be read; first: .*cannot decode"):
+        ImageFolderDataset(root)

@@ -106,11 +106,11 @@ def test_resize_keeps_size_or_averages_when_shrinking():
     torch.testing.assert_close(y, torch.full_like(y, 0.5), atol=0.05, rtol=0)
 
 
-def test_training_input_is_uint8_and_network_input_normalises_then_resizes():
+def test_items_are_uint8_and_network_input_normalises_then_resizes():
     image = np.random.default_rng(3).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    x = transforms.training_input(image, flip=False)
+    x = transforms.to_chw(image)
     assert x.dtype == torch.uint8 and torch.equal(x, torch.from_numpy(image).permute(2, 0, 1))
-    batch = torch.stack([x, transforms.training_input(image[:, ::-1].copy(), flip=False)])
+    batch = torch.stack([x, transforms.to_chw(image[:, ::-1].copy())])
     torch.testing.assert_close(transforms.network_input(batch, 8), (batch.float() - 127.5) / 127.5)
     torch.testing.assert_close(transforms.network_input(batch, 4), resize(normalize(batch), 4))
 
@@ -126,3 +126,26 @@ def test_read_image_gives_the_reason_for_the_caller_to_name_the_file(tmp_path):
     (tmp_path / "b.png").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="^cannot decode image"):
         transforms.read_image(tmp_path / "b.png")
+
+
+def test_flip_draws_are_a_function_of_seed_epoch_and_batch():
+    draws = {(seed, epoch, batch): transforms.flip_draws(seed, epoch, batch, 64)
+             for seed in (0, 1) for epoch in (0, 3) for batch in (0, 7)}
+    for key, flips in draws.items():
+        assert flips.dtype == torch.bool and flips.shape == (64,)
+        assert torch.equal(flips, transforms.flip_draws(*key, 64))  # the same whenever drawn
+        assert torch.equal(transforms.flip_draws(*key, 10), flips[:10])  # a short batch: its first draws
+    assert len({tuple(f.tolist()) for f in draws.values()}) == len(draws)  # every position its own draws
+    rate = torch.stack([transforms.flip_draws(0, 0, b, 256) for b in range(100)]).float().mean()
+    assert abs(rate - 0.5) < 0.01  # p = 1/2: 25600 draws, std 0.003
+
+
+def test_flip_images_mirrors_exactly_the_chosen_images():
+    images = torch.arange(4 * 3 * 2 * 5, dtype=torch.uint8).reshape(4, 3, 2, 5)
+    flips = torch.tensor([True, False, False, True])
+    out = transforms.flip_images(images, flips)
+    for i in range(4):
+        expected = images[i, :, :, torch.arange(4, -1, -1)] if flips[i] else images[i]
+        assert torch.equal(out[i], expected)
+    with pytest.raises(ValueError, match=r"flips must be \(4,\)"):
+        transforms.flip_images(images, flips[:3])

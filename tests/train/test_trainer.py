@@ -1,6 +1,7 @@
 """End-to-end: a tiny synthetic run trains, evaluates, checkpoints and resumes exactly."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -13,27 +14,11 @@ from otface.data.dataset import RecordDataset
 from otface.data.folder import ImageFolderDataset
 from otface.data.recordio import RecordIOError, RecordReader, unpack_record
 from otface.data.skipping import BadSample
+from otface.errors import RunError
 from otface.train.data import prepare_data
-from otface.train.trainer import Trainer
+from otface.train.trainer import NonFiniteLossError, NonFiniteWeightsError, Trainer
+from support.runs import TINY
 
-TINY = [
-    "data.synthetic.num_identities=12",
-    "data.synthetic.images_per_identity=6",
-    "data.synthetic.num_pairs=40",
-    "data.synthetic.workers=1",
-    "data.num_workers=0",
-    "model.backbone=iresnet18",
-    "model.params={width: 0.125}",
-    "model.input_size=32",
-    "model.embedding_size=32",
-    "ot.stage=layer2",
-    "ot.iters=10",
-    "optim.batch_size=16",
-    "optim.lr=0.05",
-    "train.progress=false",
-    "train.log_interval=1",
-    "train.threads=1",
-]
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +144,8 @@ def test_unreadable_samples_raise_or_are_skipped_and_counted(tmp_path, cache):
     root, easy = _tiny_set(tmp_path, cache)
     bad_keys = [3, 10, 11, 40]
     _corrupt_images(root, bad_keys)
-    data = [f"data.root={root}", f"data.val_sets=[{easy}]", "data.sampler=random", "optim.epochs=1", "ot.weight=0"]
+    data = [f"data.root={root}", f"data.val_sets=[{easy}]", "data.sampler=random", "optim.epochs=1", "ot.weight=0",
+            "data.max_skip_fraction=0.2"]
     with pytest.raises(RecordIOError, match=r"record (3|10|11|40):"):
         run(tmp_path / "strict", cache, *data)
 
@@ -183,7 +169,7 @@ def test_unreadable_samples_raise_or_are_skipped_and_counted(tmp_path, cache):
 
 def test_trains_from_an_image_folder(tmp_path, cache):
     root, easy = _tiny_set(tmp_path, cache)
-    records = RecordDataset(root, flip=False)
+    records = RecordDataset(root)
     folder = tmp_path / "folder"
     for i, key in enumerate(records.keys):
         _, image = unpack_record(records.reader.read(int(key)))
@@ -192,7 +178,7 @@ def test_trains_from_an_image_folder(tmp_path, cache):
         path.write_bytes(image)
     trainer, results = run(tmp_path / "run", cache, f"data.root={folder}", f"data.val_sets=[{easy}]",
                            "optim.epochs=1")
-    assert isinstance(trainer.dataset, ImageFolderDataset)
+    assert isinstance(trainer.dataset.dataset, ImageFolderDataset)
     np.testing.assert_array_equal(trainer.dataset.labels, records.labels)
     assert results["train"]["steps"] == trainer.steps_per_epoch > 0
     assert set(results["verification"]) == {"synth_easy"}
@@ -206,7 +192,9 @@ def test_truncated_training_file_is_an_error_or_its_lost_records_are_left_out(tm
     data = [f"data.root={root}", f"data.val_sets=[{easy}]", "optim.epochs=1", "ot.weight=0"]
     with pytest.raises(RecordIOError, match="train"):
         run(tmp_path / "strict", cache, *data)
-    trainer, results = run(tmp_path / "skip", cache, *data, "data.on_error=skip")
+    with pytest.raises(RunError, match=r"3 of the 72 records of .* are unreadable, more than data.max_skip_fraction=0.01"):
+        run(tmp_path / "skip", cache, *data, "data.on_error=skip")
+    trainer, results = run(tmp_path / "skip", cache, *data, "data.on_error=skip", "data.max_skip_fraction=0.05")
     t = results["train"]
     assert t["num_skipped_records"] == 3 and [k for k, _ in t["skipped_records"]] == full.keys[-3:].tolist()
     assert len(trainer.dataset) == len(full) - 3 and t["skipped_samples"] == 0 and t["steps"] > 0
@@ -218,3 +206,86 @@ def test_cpu_run_with_loader_workers_makes_network_inputs_in_the_workers(tmp_pat
     images, _, _ = next(iter(trainer._loader()))
     assert images.dtype == torch.float32 and images.shape[-2:] == (32, 32) and images.abs().max() < 1.01
     assert results["train"]["steps"] == trainer.steps_per_epoch and results["train"]["final_loss"] > 0
+
+
+def _always_nan(trainer, monkeypatch):
+    forward = trainer._forward
+
+    def nan(images, labels):
+        loss, *rest = forward(images, labels)
+        return (loss * float("nan"), *rest)
+
+    monkeypatch.setattr(trainer, "_forward", nan)
+
+
+def test_the_non_finite_counter_spans_epochs(tmp_path, cache, monkeypatch):
+    """4 steps per epoch, max_bad_steps 6: the run must stop in its second epoch, naming the
+    checkpoint of the first (whose weights are still the finite initial ones)."""
+    cfg = load_config(None, TINY + [cache, "optim.epochs=5", "train.max_bad_steps=6"])
+    trainer = Trainer(cfg, tmp_path)
+    assert trainer.steps_per_epoch == 4
+    _always_nan(trainer, monkeypatch)
+    with pytest.raises(NonFiniteLossError, match=rf"6 consecutive non-finite losses .* at epoch 1 step 0; .*"
+                                                 rf"last good checkpoint: .*last.pt \(step 0\)"):
+        trainer.train()
+    assert trainer.state.epoch == 1 and trainer.state.skipped_steps == 6
+
+
+def test_non_finite_loss_before_any_checkpoint_says_there_is_none(tmp_path, cache, monkeypatch):
+    trainer = Trainer(load_config(None, TINY + [cache, "optim.epochs=1", "train.max_bad_steps=2"]), tmp_path)
+    _always_nan(trainer, monkeypatch)
+    with pytest.raises(NonFiniteLossError, match="no checkpoint was written"):
+        trainer.train()
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_non_finite_weights_never_overwrite_a_good_checkpoint(tmp_path, cache, monkeypatch):
+    trainer = Trainer(load_config(None, TINY + [cache, "optim.epochs=2"]), tmp_path)
+    step = trainer.optimizer.step
+
+    def step_then_diverge():
+        step()
+        if trainer.state.epoch == 1:
+            with torch.no_grad():
+                trainer.backbone.fc.weight.fill_(float("inf"))
+
+    monkeypatch.setattr(trainer.optimizer, "step", step_then_diverge)
+    with pytest.raises(NonFiniteWeightsError, match=r"became non-finite by step 5 .*backbone.fc.weight.*"
+                                                    r"not saved; last good checkpoint: .*last.pt \(step 4\)"):
+        trainer.train()
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["train_state"]["step"] == 4
+    assert all(torch.isfinite(t).all() for t in saved["backbone"].values() if t.is_floating_point())
+
+
+def test_a_diverging_learning_rate_stops_with_one_line_and_keeps_no_bad_weights(tmp_path, cache):
+    with pytest.raises(RunError) as err:
+        run(tmp_path, cache, "optim.lr=1e6", "optim.epochs=6")
+    assert "\n" not in str(err.value) and ("last good checkpoint" in str(err.value)
+                                           or "no checkpoint was written" in str(err.value))
+    if (tmp_path / "last.pt").exists():
+        saved = torch.load(tmp_path / "last.pt", weights_only=True)
+        assert all(torch.isfinite(t).all() for part in ("backbone", "head") for t in saved[part].values()
+                   if t.is_floating_point())
+
+
+def test_skipping_more_than_the_allowed_fraction_is_an_error(tmp_path, cache):
+    root, easy = _tiny_set(tmp_path, cache)
+    _corrupt_images(root, range(1, 37))  # half of the 72 images
+    data = [f"data.root={root}", f"data.val_sets=[{easy}]", "optim.epochs=1", "ot.weight=0", "data.on_error=skip"]
+    with pytest.raises(RunError, match=r"\d+ unreadable training samples skipped, more than "
+                                       r"data.max_skip_fraction=0.01 of \d+; first: .*record \d+: cannot decode"):
+        run(tmp_path / "half", cache, *data)
+    _corrupt_images(root, range(37, 73))
+    with pytest.raises(RunError, match="trained no step in 1 epochs: every batch was unreadable"):
+        run(tmp_path / "all", cache, *data, "data.max_skip_fraction=1")
+
+
+def test_an_unreadable_sample_in_a_loader_worker_is_raised_cleanly_in_raise_mode(tmp_path, cache):
+    root, easy = _tiny_set(tmp_path, cache)
+    _corrupt_images(root, range(1, 73))
+    with pytest.raises(RecordIOError) as err:
+        run(tmp_path / "w", cache, f"data.root={root}", f"data.val_sets=[{easy}]", "data.num_workers=1",
+            "optim.epochs=1")
+    assert re.fullmatch(r".*train.rec: record \d+: cannot decode image \(.*\)", str(err.value))
+    assert "Traceback" not in str(err.value) and "worker" not in str(err.value)
