@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import sys
@@ -24,6 +25,9 @@ from otface.errors import ConfigError, InputNotFoundError, ModelFileError, Otfac
 from otface.files import write_text_atomic
 
 RUNS = Path("runs")
+# what the machine, not otface, says of a path the user gave: reported in one line, as user errors are
+ENVIRONMENT_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                                errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG})
 
 
 class _TqdmHandler(logging.Handler):
@@ -399,13 +403,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command: 0 on success; 2 with one line on stderr for a user's mistake or bad input
-    (:class:`~otface.errors.OtfaceError`); any other exception is a bug and keeps its traceback."""
+    (:class:`~otface.errors.OtfaceError`) or a path the machine refuses (permission, read-only or
+    full disk: ENVIRONMENT_ERRORS); any other exception is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
         return args.func(args)
     except OtfaceError as err:
         print(f"otface: error: {one_line(str(err))}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in ENVIRONMENT_ERRORS or err.filename is None:
+            raise
+        print(f"otface: error: {err.filename}: {err.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("otface: interrupted", file=sys.stderr)

@@ -132,3 +132,27 @@ def test_a_bug_keeps_its_traceback(tmp_path, cache, monkeypatch):
     monkeypatch.setattr(trainer, "flip_images", buggy)
     with pytest.raises(ValueError, match="a programming error"):
         main(["train", "--out", str(tmp_path / "run"), *TINY, cache, "optim.epochs=1"])
+
+
+@pytest.mark.parametrize("command", [
+    ["synth", "--out", "{blocked}/synth", "--num-identities", "4", "--images-per-identity", "2", "--num-pairs",
+     "20", "--workers", "1"],
+    ["data", "unpack", "{bin}", "{blocked}/pairs"],
+])
+def test_an_output_path_the_machine_refuses_is_one_line(tmp_path, cache, capsys, command):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where a folder is needed")
+    _, val = prepare_data(load_config(None, TINY + [cache]).data, progress=False)
+    argv = [arg.format(blocked=blocked, bin=val["synth_easy"]) for arg in command]
+    assert "Not a directory" in one_line_error(capsys, argv)
+
+
+def test_other_os_errors_keep_their_traceback(monkeypatch):
+    from otface import cli
+
+    def broken(args):
+        raise OSError(errno.EBADF, "Bad file descriptor", "x")
+
+    monkeypatch.setattr(cli, "cmd_synth", broken)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        main(["synth", "--out", "x"])

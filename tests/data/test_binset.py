@@ -284,7 +284,7 @@ def test_crafted_dtype_state_is_a_data_error_not_a_crash(tmp_path):
     with pytest.raises(DataError, match=r"crash\.bin: malformed state of numpy dtype u1"):
         read_bin(path)
     # in a child process as well, so that a regression fails this test instead of killing pytest
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import sys
         from otface.data.binset import read_bin
         from otface.errors import DataError

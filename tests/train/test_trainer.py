@@ -192,7 +192,8 @@ def test_truncated_training_file_is_an_error_or_its_lost_records_are_left_out(tm
     data = [f"data.root={root}", f"data.val_sets=[{easy}]", "optim.epochs=1", "ot.weight=0"]
     with pytest.raises(RecordIOError, match="train"):
         run(tmp_path / "strict", cache, *data)
-    with pytest.raises(RunError, match=r"3 of the 72 records of .* are unreadable, more than data.max_skip_fraction=0.01"):
+    with pytest.raises(RunError, match=r"3 of the 72 records of .* are unreadable, "
+                                       r"more than data.max_skip_fraction=0.01"):
         run(tmp_path / "skip", cache, *data, "data.on_error=skip")
     trainer, results = run(tmp_path / "skip", cache, *data, "data.on_error=skip", "data.max_skip_fraction=0.05")
     t = results["train"]
@@ -225,8 +226,8 @@ def test_the_non_finite_counter_spans_epochs(tmp_path, cache, monkeypatch):
     trainer = Trainer(cfg, tmp_path)
     assert trainer.steps_per_epoch == 4
     _always_nan(trainer, monkeypatch)
-    with pytest.raises(NonFiniteLossError, match=rf"6 consecutive non-finite losses .* at epoch 1 step 0; .*"
-                                                 rf"last good checkpoint: .*last.pt \(step 0\)"):
+    with pytest.raises(NonFiniteLossError, match=r"6 consecutive non-finite losses .* at epoch 1 step 0; .*"
+                                                 r"last good checkpoint: .*last.pt \(step 0\)"):
         trainer.train()
     assert trainer.state.epoch == 1 and trainer.state.skipped_steps == 6
 
