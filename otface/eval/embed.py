@@ -10,7 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from otface.data.transforms import network_input
-from otface.errors import ConfigError
+from otface.errors import ConfigError, ModelFileError
 
 
 def extract_embeddings(
@@ -28,7 +28,8 @@ def extract_embeddings(
     (insightface's ``verification.test``); ``normalize=False`` returns it unnormalised, keeping
     the feature norm (the "norm score" of IJB templates). The model runs in eval mode under
     inference_mode on ``device`` (default: where its parameters are); every submodule's training
-    flag is restored afterwards. ``progress`` shows a tqdm bar.
+    flag is restored afterwards. ``progress`` shows a tqdm bar. A model that gives NaN or
+    infinite embeddings (diverged or damaged weights) is a :class:`ModelFileError`.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
@@ -53,7 +54,12 @@ def extract_embeddings(
             m.training = training
     if not out:
         raise ValueError("no images to embed")
-    return torch.cat(out)
+    emb = torch.cat(out)
+    bad = int((~torch.isfinite(emb).all(dim=1)).sum())
+    if bad:
+        raise ModelFileError(f"the model gives NaN or infinite embeddings for {bad} of {len(emb)} images: "
+                             "its weights are diverged or damaged")
+    return emb
 
 
 def embed_images(

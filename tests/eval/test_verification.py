@@ -6,7 +6,7 @@ from torch import nn
 
 from otface.eval import extract_embeddings, plot_roc, verification
 from otface.eval.plots import curve_auc, plot_cmc
-from otface.errors import DataError
+from otface.errors import DataError, ModelFileError
 from otface.eval.verification import VAL_THRESHOLDS, far_threshold, kfold_indices, unbalanced_folds
 
 
@@ -274,3 +274,12 @@ def test_plot_cmc_writes_png_and_rejects_bad_curves(tmp_path):
         plot_cmc({}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="non-empty 1-D"):
         plot_cmc({"a": []}, tmp_path / "x.png")
+
+
+def test_a_model_giving_non_finite_embeddings_is_a_model_file_error():
+    model = Tiny()
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("nan")
+    x = torch.randn(5, 3, 8, 8)
+    with pytest.raises(ModelFileError, match="NaN or infinite embeddings for 5 of 5 images"):
+        extract_embeddings(model, x)
