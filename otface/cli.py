@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -412,6 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OtfaceError as err:
         print(f"otface: error: {one_line(str(err))}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of our output went away (`otface ... | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
     except OSError as err:
         if err.errno not in ENVIRONMENT_ERRORS or err.filename is None:
             raise

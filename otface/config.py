@@ -163,6 +163,10 @@ _BOUNDS = {"ge": (float.__ge__, ">="), "gt": (float.__gt__, ">"), "le": (float._
            "lt": (float.__lt__, "<")}
 
 
+def _number(bound: float) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
 def _check_value(value: Any, f: dataclasses.Field, key: str) -> None:
     """The range and choices a field's metadata admits (:func:`_f`); floats must be finite."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -170,7 +174,7 @@ def _check_value(value: Any, f: dataclasses.Field, key: str) -> None:
     for name, bound in f.metadata.get("bounds", {}).items():
         holds, symbol = _BOUNDS[name]
         if not holds(float(value), float(bound)):
-            raise ConfigError(f"{key}: must be {symbol} {bound:g}, got {value!r}")
+            raise ConfigError(f"{key}: must be {symbol} {_number(bound)}, got {value!r}")
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{key}: must be one of {', '.join(map(repr, choices))}, got {value!r}")
@@ -329,7 +333,7 @@ def validate(cfg: Config) -> None:
 
 def admitted(f: dataclasses.Field) -> str:
     """The values a field admits, in words (``">= 0"``, ``"one of 'a', 'b'"``), or ""."""
-    parts = [f"{_BOUNDS[name][1]} {bound:g}" for name, bound in f.metadata.get("bounds", {}).items()]
+    parts = [f"{_BOUNDS[name][1]} {_number(bound)}" for name, bound in f.metadata.get("bounds", {}).items()]
     if f.metadata.get("choices"):
         parts.append("one of " + ", ".join(map(repr, f.metadata["choices"])))
     return ", ".join(parts)
