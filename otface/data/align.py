@@ -38,6 +38,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from otface.data.skipping import check_on_error, raise_or_skip
+from otface.data.text import numbered_lines
 from otface.data.transforms import read_image
 from otface.errors import ConfigError, DataError, RunError
 
@@ -185,31 +186,30 @@ def read_landmarks(path: str | os.PathLike) -> list[LandmarkLine]:
     """
     entries: list[LandmarkLine] = []
     columns = None
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            tokens = list(re.finditer(r"\S+", line))
-            if not tokens:
-                continue
-            numeric = 0
-            while numeric < len(tokens) - 1 and _NUMBER.fullmatch(tokens[-1 - numeric].group()):
-                numeric += 1
-            wanted = columns or min(numeric, 11)
-            if numeric < wanted or wanted < 10:
-                if numeric < len(tokens) - 1 and len(tokens) >= 11:
-                    bad = tokens[len(tokens) - 1 - numeric].group()
-                    raise DataError(f"{path}:{lineno}: landmark coordinates must be numbers, got {bad!r}")
-                expected = f"{wanted} numbers" if columns else "10 numbers (and an optional score)"
-                raise DataError(f"{path}:{lineno}: expected 'path x1 y1 ... x5 y5', the path then {expected}; "
-                                f"got {len(tokens)} fields")
-            columns = wanted
-            first = tokens[len(tokens) - wanted]
-            name = line[: first.start()].strip()
-            points = np.array([float(t.group()) for t in tokens[len(tokens) - wanted:][:10]]).reshape(5, 2)
-            if not np.isfinite(points).all():
-                raise DataError(f"{path}:{lineno}: landmark coordinates must be finite")
-            if np.ptp(points, axis=0).max() == 0:
-                raise DataError(f"{path}:{lineno}: the five landmarks of {name!r} coincide")
-            entries.append(LandmarkLine(name, points, lineno))
+    for lineno, line in numbered_lines(path):
+        tokens = list(re.finditer(r"\S+", line))
+        if not tokens:
+            continue
+        numeric = 0
+        while numeric < len(tokens) - 1 and _NUMBER.fullmatch(tokens[-1 - numeric].group()):
+            numeric += 1
+        wanted = columns or min(numeric, 11)
+        if numeric < wanted or wanted < 10:
+            if numeric < len(tokens) - 1 and len(tokens) >= 11:
+                bad = tokens[len(tokens) - 1 - numeric].group()
+                raise DataError(f"{path}:{lineno}: landmark coordinates must be numbers, got {bad!r}")
+            expected = f"{wanted} numbers" if columns else "10 numbers (and an optional score)"
+            raise DataError(f"{path}:{lineno}: expected 'path x1 y1 ... x5 y5', the path then {expected}; "
+                            f"got {len(tokens)} fields")
+        columns = wanted
+        first = tokens[len(tokens) - wanted]
+        name = line[: first.start()].strip()
+        points = np.array([float(t.group()) for t in tokens[len(tokens) - wanted:][:10]]).reshape(5, 2)
+        if not np.isfinite(points).all():
+            raise DataError(f"{path}:{lineno}: landmark coordinates must be finite")
+        if np.ptp(points, axis=0).max() == 0:
+            raise DataError(f"{path}:{lineno}: the five landmarks of {name!r} coincide")
+        entries.append(LandmarkLine(name, points, lineno))
     if not entries:
         raise DataError(f"{path}: no landmarks listed")
     return entries

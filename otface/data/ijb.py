@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from otface.data.align import align_face
 from otface.data.skipping import check_on_error
+from otface.data.text import numbered_lines
 from otface.data.transforms import read_image, to_chw
 from otface.errors import ConfigError, DataError, InputNotFoundError, one_line
 
@@ -74,18 +75,14 @@ def _records(path: Path, fields: str) -> Iterator[tuple[int, list[str]]]:
     """(line number, whitespace-separated tokens) of every non-blank line of ``path``, which must
     hold exactly the space-separated ``fields``."""
     names = fields.split()
-    with open(path, encoding="utf-8") as f:
-        try:
-            for lineno, line in enumerate(f, 1):
-                tokens = line.split()
-                if not tokens:
-                    continue
-                if len(tokens) != len(names):
-                    raise DataError(f"{path}:{lineno}: expected {len(names)} fields ({fields}), got "
-                                    f"{len(tokens)}: {line.strip()[:200]!r}")
-                yield lineno, tokens
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    for lineno, line in numbered_lines(path):
+        tokens = line.split()
+        if not tokens:
+            continue
+        if len(tokens) != len(names):
+            raise DataError(f"{path}:{lineno}: expected {len(names)} fields ({fields}), got "
+                            f"{len(tokens)}: {line.strip()[:200]!r}")
+        yield lineno, tokens
 
 
 def _number(kind: type, token: str, path: Path, lineno: int, what: str) -> int | float:

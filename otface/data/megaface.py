@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from otface.data.skipping import check_on_error, raise_or_skip
+from otface.data.text import numbered_lines
 from otface.data.transforms import read_image, to_chw
 from otface.errors import DataError, InputNotFoundError
 
@@ -85,38 +86,30 @@ def _read_list(path: Path) -> tuple[list[str], list[int]]:
     if not path.is_file():
         raise InputNotFoundError(f"{path}: image list not found")
     paths, lines, seen = [], [], {}
-    with open(path, encoding="utf-8") as f:
-        try:
-            for number, line in enumerate(f, 1):
-                entry = line.strip()
-                if not entry:
-                    continue
-                parts = entry.split("/")
-                if ".." in parts or "" in parts:  # also catches "/abs", "a//b", "a/"
-                    raise DataError(f"{path} line {number}: {entry!r} is not a relative path inside the image folder")
-                if entry in seen:
-                    raise DataError(f"{path} line {number}: {entry!r} repeats line {seen[entry]}")
-                seen[entry] = number
-                paths.append(entry)
-                lines.append(number)
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    for number, line in numbered_lines(path):
+        entry = line.strip()
+        if not entry:
+            continue
+        parts = entry.split("/")
+        if ".." in parts or "" in parts:  # also catches "/abs", "a//b", "a/"
+            raise DataError(f"{path} line {number}: {entry!r} is not a relative path inside the image folder")
+        if entry in seen:
+            raise DataError(f"{path} line {number}: {entry!r} repeats line {seen[entry]}")
+        seen[entry] = number
+        paths.append(entry)
+        lines.append(number)
     return paths, lines
 
 
 def _read_noises(path: Path) -> set[tuple[str, ...]]:
     """Noise entries as tuples of path components."""
     entries = set()
-    with open(path, encoding="utf-8") as f:
-        try:
-            for line in f:
-                if line.startswith("#"):
-                    continue
-                entry = line.strip().split("\t")[-1].strip()
-                if entry:
-                    entries.add(tuple(entry.split("/")))
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    for _, line in numbered_lines(path):
+        if line.startswith("#"):
+            continue
+        entry = line.strip().split("\t")[-1].strip()
+        if entry:
+            entries.add(tuple(entry.split("/")))
     return entries
 
 

@@ -35,6 +35,7 @@ from otface.data.folder import scan_image_folder
 from otface.data.recordio import write_face_dataset
 from otface.data.skipping import check_on_error, raise_or_skip
 from otface.data.staging import staged_files
+from otface.data.text import numbered_lines
 from otface.data.transforms import decode_image
 from otface.errors import ConfigError, DataError, RunError
 
@@ -122,15 +123,11 @@ def write_classes(path: str | os.PathLike, class_names: list[str]) -> None:
 def read_classes(path: str | os.PathLike) -> list[str]:
     """Read ``classes.txt`` back: the identity name of each label (``names[label]``)."""
     names: list[str] = []
-    with open(path, "r", encoding="utf-8", newline="\n") as f:
-        try:
-            for lineno, line in enumerate(f, 1):
-                label, sep, name = line.rstrip("\n").partition("\t")
-                if not sep or label != str(len(names)):
-                    raise DataError(f"{path}:{lineno}: expected '{len(names)}<TAB>name', got {line.rstrip()!r}")
-                names.append(name)
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    for lineno, line in numbered_lines(path, newline="\n"):
+        label, sep, name = line.rstrip("\n").partition("\t")
+        if not sep or label != str(len(names)):
+            raise DataError(f"{path}:{lineno}: expected '{len(names)}<TAB>name', got {line.rstrip()!r}")
+        names.append(name)
     return names
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from otface.data.binset import write_bin
 from otface.data.pack import check_encoding, encode_face_image
+from otface.data.text import numbered_lines
 from otface.errors import ConfigError, DataError, InputNotFoundError
 
 PAIR_FORMATS = ("auto", "lfw", "list")
@@ -39,11 +40,7 @@ def _lines(path: Path) -> list[tuple[int, list[str]]]:
     """(line number, fields) of every non-blank line."""
     if not path.is_file():
         raise InputNotFoundError(f"{path}: pair list not found")
-    with open(path, "r", encoding="utf-8") as f:
-        try:
-            return [(lineno, line.split()) for lineno, line in enumerate(f, 1) if line.strip()]
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    return [(lineno, line.split()) for lineno, line in numbered_lines(path) if line.strip()]
 
 
 def _is_count(text: str) -> bool:

@@ -245,3 +245,9 @@ def test_is_mirrored_tells_the_order_under_any_similarity():
         m = _similarity(rng.uniform(-np.pi, np.pi), rng.uniform(0.5, 3), *rng.uniform(-50, 50, 2))
         assert not is_mirrored(_apply(m, ARCFACE_TEMPLATE))
         assert is_mirrored(_apply(m, swapped))
+
+
+def test_a_landmarks_file_that_is_not_utf8_names_the_file(tmp_path):
+    (tmp_path / "lm.txt").write_bytes(b"caf\xe9.jpg" + b" 1" * 10 + b"\n")
+    with pytest.raises(DataError, match=r"lm.txt: not UTF-8 text"):
+        read_landmarks(tmp_path / "lm.txt")
