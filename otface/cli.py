@@ -74,20 +74,16 @@ def results_table(results: dict[str, Any]) -> str:
         "| set | pairs | accuracy (%) | std (%) | TAR@FAR=1e-3 (%) | AUC |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    notes = []
+    from otface.train.evaluate import summary_notes
+
     for name, r in results["verification"].items():
         tar = "n/a" if r["tar_at_far"] is None else f"{100 * r['tar_at_far']:.2f}"
         lines.append(
             f"| {name} | {r['pairs']} | {100 * r['accuracy']:.2f} | {100 * r['accuracy_std']:.2f} "
             f"| {tar} | {r['auc']:.4f} |"
         )
-        if r["tar_at_far"] is None:
-            notes.append(f"{name}: TAR@FAR n/a: {r['tar_at_far_note']}")
-        if r.get("unbalanced_folds"):
-            notes.append(f"{name}: folds {', '.join(str(i + 1) for i in r['unbalanced_folds'])} are unbalanced "
-                         "(the pair order decides what they measure)")
     t = results["train"]
-    lines.extend(notes)
+    lines.extend(note for name, r in results["verification"].items() for note in summary_notes(name, r))
     lines.append("")
     lines.append(
         f"trained {t['epochs']} epochs ({t['steps']} steps, {t['images']} images) in "
@@ -262,17 +258,14 @@ def cmd_data_pack(args: argparse.Namespace) -> int:
 
 def cmd_data_pairs(args: argparse.Namespace) -> int:
     from otface.data.pairs import pairs_to_bin
-    from otface.eval.verification import unbalanced_folds
+    from otface.eval.verification import unbalanced_folds, unbalanced_message
 
     issame = pairs_to_bin(args.pairs, args.images, args.out, image_size=(args.size, args.size), ext=args.ext,
                           resize=args.resize, quality=args.quality, format=args.format)
     print(f"wrote {len(issame)} pairs ({sum(issame)} genuine) to {args.out}")
     folds = unbalanced_folds(issame) if len(issame) >= 10 else []
     if folds:
-        logging.getLogger("otface.data").warning(
-            "%s: verification folds %s hold far more or fewer genuine pairs than the list as a whole: the 10 "
-            "folds are contiguous runs of the pair order, so mix genuine and impostor pairs through the list",
-            args.pairs, ", ".join(str(i + 1) for i in folds))
+        logging.getLogger("otface.data").warning("%s: %s", args.pairs, unbalanced_message(folds))
     return 0
 
 

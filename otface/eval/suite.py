@@ -32,7 +32,7 @@ from otface.eval.identification import megaface_identification
 from otface.eval.ijb import FARS, ijb_verification
 from otface.eval.model import LoadedModel
 from otface.eval.plots import plot_cmc, plot_roc
-from otface.train.evaluate import VerificationSuite
+from otface.train.evaluate import VerificationSuite, summary_notes
 
 MEGAFACE_FARS = (1e-6,)
 
@@ -130,14 +130,8 @@ def markdown(report: EvalReport) -> str:
             lines.append(f"| {name} | {r['pairs']} | {_pct(r['accuracy'])} | {_pct(r['accuracy_std'])} | "
                          f"{_pct(r['tar_at_far'])} | {r['auc']:.4f} |")
         lines.append("")
-        for name, r in report.verification.items():
-            if r.get("tar_at_far_note"):
-                lines.append(f"- {name}: TAR@FAR n/a: {r['tar_at_far_note']}")
-            if r["unbalanced_folds"]:
-                lines.append(f"- {name}: folds {', '.join(str(i + 1) for i in r['unbalanced_folds'])} hold far more "
-                             "or fewer genuine pairs than the set: the pair order shapes them")
-        if lines[-1] != "":
-            lines.append("")
+        notes = [note for name, r in report.verification.items() for note in summary_notes(name, r)]
+        lines += [f"- {note}" for note in notes] + ([""] if notes else [])
     if report.ijb:
         fars = [f"{f:g}" for f in FARS]
         lines += ["## IJB 1:1 verification, TAR (%) at FAR", "",

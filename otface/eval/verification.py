@@ -58,6 +58,13 @@ def unbalanced_folds(issame: np.ndarray, nfolds: int = 10) -> list[int]:
             if abs(issame[test].mean() - overall) > FOLD_BALANCE_TOLERANCE]
 
 
+def unbalanced_message(folds: list[int]) -> str:
+    """What :func:`unbalanced_folds` found, in words (folds numbered from 1)."""
+    return (f"verification folds {', '.join(str(i + 1) for i in folds)} hold far more or fewer genuine pairs than "
+            "the set as a whole: the 10 folds are contiguous runs of the pair order, so mix genuine and impostor "
+            "pairs through the list")
+
+
 def rates(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, ...]:
     """(tpr, fpr, accuracy), each (T,), of accepting the pairs with dist < threshold.
 

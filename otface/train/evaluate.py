@@ -15,7 +15,7 @@ from otface.data.binset import load_verification_set
 from otface.eval.embed import embed_images
 from otface.eval.plots import plot_roc
 from otface.errors import DataError
-from otface.eval.verification import verification
+from otface.eval.verification import unbalanced_message, verification
 
 log = logging.getLogger("otface.eval")
 
@@ -33,6 +33,15 @@ def summarise(r: dict[str, Any], pairs: int) -> dict[str, Any]:
                                   f"outside each fold, this set has {r['min_impostors']}; FAR reached "
                                   f"{100 * r['far']:.2f} %")
     return out
+
+
+def summary_notes(name: str, summary: dict[str, Any]) -> list[str]:
+    """What a reader of set ``name``'s :func:`summarise` result should know: why TAR@FAR is n/a,
+    which folds the pair order unbalanced."""
+    notes = [f"{name}: TAR@FAR n/a: {summary['tar_at_far_note']}"] if summary["tar_at_far"] is None else []
+    if summary["unbalanced_folds"]:
+        notes.append(f"{name}: {unbalanced_message(summary['unbalanced_folds'])}")
+    return notes
 
 
 def format_tar(summary: dict[str, Any]) -> str:
@@ -62,9 +71,7 @@ class VerificationSuite:
             except DataError as err:
                 raise DataError(f"{self.paths[name]}: {err}") from None
             if r["unbalanced_folds"]:
-                log.warning("%s: folds %s hold far more or fewer genuine pairs than the set (the 10 folds are "
-                            "contiguous runs of the pair list): the pair order, not the model, shapes them",
-                            self.paths[name], ", ".join(str(i + 1) for i in r["unbalanced_folds"]))
+                log.warning("%s: %s", self.paths[name], unbalanced_message(r["unbalanced_folds"]))
             results[name] = summarise(r, len(issame))
             curves[name] = (r["fpr"], r["tpr"])
         return results, curves
