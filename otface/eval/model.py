@@ -29,7 +29,7 @@ from torch import nn
 from otface.config import Config, config_from_dict
 from otface.errors import ConfigError, InputNotFoundError, ModelFileError, one_line
 from otface.models import build_backbone
-from otface.train.checkpoint import check_entries, load_checkpoint
+from otface.train.checkpoint import check_entries, load_checkpoint, load_into
 
 EXPORT_META = "otface.json"
 
@@ -72,10 +72,7 @@ def backbone_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, Config
                                input_size=cfg.model.input_size, **cfg.model.params)
     except ConfigError as err:
         raise ModelFileError(f"{path}: its config is not one this version reads: {err}") from None
-    try:
-        model.load_state_dict(ckpt["backbone"])
-    except RuntimeError as err:  # load_state_dict's report of missing, unexpected or misshapen tensors
-        raise ModelFileError(f"{path}: its weights do not fit {cfg.model.backbone}: {one_line(str(err))}") from None
+    load_into(model, ckpt["backbone"], path, f"its weights do not fit {cfg.model.backbone}")
     return model.eval(), cfg
 
 

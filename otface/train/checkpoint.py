@@ -117,6 +117,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
+def load_into(target: Any, state: Any, path: str | os.PathLike, what: str) -> None:
+    """``target.load_state_dict(state)`` (a module or an optimizer) for an entry of the checkpoint
+    at ``path``; state that does not fit -- missing, unexpected or misshapen tensors, other
+    parameter groups, not a mapping -- is a :class:`ModelFileError` ``"{path}: {what}: ..."``."""
+    try:
+        target.load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError) as err:  # what load_state_dict raises for a misfit
+        raise ModelFileError(f"{path}: {what}: {one_line(str(err))}") from None
+
+
 def check_entries(ckpt: dict[str, Any], path: str | os.PathLike, entries: tuple[str, ...]) -> None:
     """:class:`ModelFileError` unless ``ckpt`` (loaded from ``path``) has every key of ``entries``."""
     missing = [key for key in entries if key not in ckpt]

@@ -27,11 +27,11 @@ from otface.config import Config, save_config
 from otface.data.samplers import PKBatchSampler, RandomBatchSampler
 from otface.data.skipping import BadSample, collate_skipping
 from otface.data.transforms import flip_draws, flip_images, network_input
-from otface.errors import ConfigError, ModelFileError, RunError, one_line
+from otface.errors import ConfigError, ModelFileError, RunError
 from otface.heads import build_head
 from otface.losses import OTLoss, build_aux_loss
 from otface.models import build_backbone
-from otface.train.checkpoint import check_entries, load_checkpoint, save_checkpoint
+from otface.train.checkpoint import check_entries, load_checkpoint, load_into, save_checkpoint
 from otface.train.data import open_training_set, prepare_data
 from otface.train.evaluate import VerificationSuite, format_tar
 from otface.train.run_folder import CHECKPOINT
@@ -236,12 +236,9 @@ class Trainer:
         path = self.checkpoint_path()
         ckpt = load_checkpoint(path) if ckpt is None else ckpt
         check_entries(ckpt, path, CHECKPOINT_ENTRIES)
-        for name, module in (("backbone", self.backbone), ("head", self.head), ("losses", self.aux_losses)):
-            try:
-                module.load_state_dict(ckpt[name])
-            except RuntimeError as err:  # load_state_dict's report of missing, unexpected or misshapen tensors
-                raise ModelFileError(f"{path}: its {name} does not fit this run's: {one_line(str(err))}") from None
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        for name, part in (("backbone", self.backbone), ("head", self.head), ("losses", self.aux_losses),
+                           ("optimizer", self.optimizer)):
+            load_into(part, ckpt[name], path, f"its {name} does not fit this run's")
         known = {f.name for f in dataclasses.fields(TrainState)}
         if not isinstance(ckpt["train_state"], dict) or set(ckpt["train_state"]) - known:
             raise ModelFileError(f"{path}: its train_state is not one this version of otface wrote")

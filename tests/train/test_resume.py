@@ -1,8 +1,10 @@
 """--resume: settings that change the meaning of the saved state are refused, the others recorded."""
 
 import json
+import shutil
 
 import pytest
+import torch
 import yaml
 
 from otface.cli import main
@@ -81,3 +83,17 @@ def test_a_damaged_checkpoint_is_one_line_at_resume(tmp_path, capsys):
     assert main(["train", "--resume", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"otface: error: {tmp_path / 'last.pt'}: not a readable checkpoint") and err.count("\n") == 1
+
+
+def test_a_checkpoint_whose_optimizer_state_does_not_fit_is_one_line(trained, tmp_path, capsys):
+    out, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    ckpt = torch.load(copy / "last.pt", weights_only=True)
+    ckpt["optimizer"]["param_groups"] = []
+    torch.save(ckpt, copy / "last.pt")
+    assert main(["train", "--resume", "--out", str(copy)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("otface: error:")]
+    assert len(errors) == 1 and "last.pt: its optimizer does not fit this run's:" in errors[0]
+    assert "Traceback" not in err
