@@ -103,8 +103,8 @@ def results_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _latest_run() -> Path:
-    runs = sorted((p for p in RUNS.glob("*") if (p / "last.pt").is_file()), key=lambda p: p.stat().st_mtime)
+def _latest_run(checkpoint: str) -> Path:
+    runs = sorted((p for p in RUNS.glob("*") if (p / checkpoint).is_file()), key=lambda p: p.stat().st_mtime)
     if not runs:
         raise InputNotFoundError(f"--resume without --out: no run with a checkpoint under {RUNS}/")
     return runs[-1]
@@ -142,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from otface.train.run_folder import CHECKPOINT, hold_run_folder
 
     if args.resume:
-        run_dir = Path(args.out) if args.out else _latest_run()
+        run_dir = Path(args.out) if args.out else _latest_run(CHECKPOINT)
     else:
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(args.out) if args.out else _default_run_dir(cfg)

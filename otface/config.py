@@ -37,6 +37,7 @@ def _f(default: Any, help: str, *, ge: float | None = None, gt: float | None = N
 
 SEED_LIMIT = 1 << 63  # seeds go to numpy's SeedSequence (>= 0) and torch.manual_seed
 
+
 @dataclass
 class SynthSection:
     """The built-in synthetic face data set (used when ``data.root`` is empty)."""

@@ -9,10 +9,10 @@ other change in one message that lists them all.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from typing import Any
 
-from otface.config import Config
+from otface.config import Config, describe
 from otface.errors import ConfigError
 
 RESUMABLE = frozenset({
@@ -26,19 +26,9 @@ RESUMABLE = frozenset({
 
 
 def flatten(cfg: Config) -> dict[str, Any]:
-    """{dotted key: value} of every leaf key (a mapping or list value is one leaf)."""
-    out: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        for f in dataclasses.fields(node):
-            value = getattr(node, f.name)
-            if dataclasses.is_dataclass(value):
-                walk(value, prefix + f.name + ".")
-            else:
-                out[prefix + f.name] = value
-
-    walk(cfg, "")
-    return out
+    """{dotted key: value} of every leaf key of :func:`otface.config.describe` (a mapping or list
+    value is one leaf)."""
+    return {key: functools.reduce(getattr, key.split("."), cfg) for key, *_ in describe()}
 
 
 def resume_changes(saved: Config, new: Config, epochs_done: int) -> dict[str, list[Any]]:

@@ -38,10 +38,6 @@ def _release_in_child() -> None:
 os.register_at_fork(after_in_child=_release_in_child)
 
 
-def _unwritable(folder: Path, err: OSError) -> RunError:
-    return RunError(f"cannot write to run folder {folder}: {err.strerror or err}")
-
-
 @contextlib.contextmanager
 def hold_run_folder(folder: str | os.PathLike) -> Iterator[Path]:
     """Create ``folder`` if needed and hold its lock for the block; then remove the checkpoint
@@ -55,7 +51,7 @@ def hold_run_folder(folder: str | os.PathLike) -> Iterator[Path]:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
-        raise _unwritable(folder, err) from None
+        raise RunError(f"cannot write to run folder {folder}: {err.strerror or err}") from None
     held = False
     try:
         previous = os.pread(fd, 256, 0).decode("utf-8", "replace").strip()
