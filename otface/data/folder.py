@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from otface.data.transforms import read_image, to_chw
+from otface.data.transforms import check_size, read_image, to_chw
 from otface.errors import DataError, InputNotFoundError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
@@ -82,9 +82,10 @@ class ImageFolderDataset(Dataset):
         self.skipped: list[tuple[int, str]] = []  # RecordDataset's interface: nothing is dropped at construction
         self.num_classes = len(self.class_names)
         if expected_size is None:
-            self.expected_size, self._size_from = self._first_size()
+            self.expected_size, first = self._first_size()
+            self._size_origin = f" (the size of {first})"
         else:
-            self.expected_size, self._size_from = (int(expected_size[0]), int(expected_size[1])), None
+            self.expected_size, self._size_origin = (int(expected_size[0]), int(expected_size[1])), ""
 
     def _first_size(self) -> tuple[tuple[int, int], Path]:
         """(height, width) of the first readable image among the first SIZE_PROBES, and its path."""
@@ -102,8 +103,11 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path = self.paths[index]
         try:
-            image = read_image(path, self.expected_size)
+            image = read_image(path)
         except DataError as exc:
-            origin = f" (the size of {self._size_from})" if self._size_from and "expected" in str(exc) else ""
-            raise DataError(f"{path}: {exc}{origin}") from None
+            raise DataError(f"{path}: {exc}") from None
+        try:
+            check_size(image, self.expected_size)
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}{self._size_origin}") from None
         return to_chw(image), int(self.labels[index])

@@ -72,9 +72,15 @@ def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> 
     except OSError as exc:
         raise DataError(f"cannot read ({type(exc).__name__}: {exc.strerror or exc})") from None
     image = decode_image(data)
-    if size is not None and image.shape[:2] != tuple(size):
-        raise DataError(f"image is {image.shape[1]}x{image.shape[0]}, expected {size[1]}x{size[0]}")
+    if size is not None:
+        check_size(image, size)
     return image
+
+
+def check_size(image: np.ndarray, size: tuple[int, int]) -> None:
+    """:class:`DataError` unless the (H, W, ...) ``image`` is ``size`` (height, width)."""
+    if image.shape[:2] != tuple(size):
+        raise DataError(f"image is {image.shape[1]}x{image.shape[0]}, expected {size[1]}x{size[0]}")
 
 
 def to_chw(image: np.ndarray) -> torch.Tensor:
