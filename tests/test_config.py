@@ -46,6 +46,7 @@ def test_int_accepted_for_float_and_round_trip(tmp_path):
         (["train.seed=-3"], "train.seed: must be >= 0"),
         (["optim.momentum=1.5"], "optim.momentum: must be < 1"),
         (["data.max_skip_fraction=2"], "data.max_skip_fraction: must be <= 1"),
+        (["train.deterministic=2"], "train.deterministic: expected true/false"),
         (["optim.milestones=[5, .inf]"], "optim.milestones must be numbers > 0"),
         (["losses.center={weight: .nan}"], "losses.center must be"),
         (["optim.lr=[1"], "override 'optim.lr=[1': not a YAML value"),
