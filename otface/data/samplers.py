@@ -6,6 +6,13 @@ that positives, and hence hard groups, exist in every step.
 
 Both samplers are deterministic functions of (seed, epoch) and can start part-way through an
 epoch (``start_batch``), which is how a resumed run continues exactly where it stopped.
+
+Under data parallelism with ``world_size`` processes, ``batch_size`` is the GLOBAL batch size and
+the sequence of global batches depends only on (seed, epoch, batch_size), never on the world size:
+it is the sequence of the single-process sampler. Each rank yields its contiguous slice
+``batch[rank * b : (rank + 1) * b]`` of every global batch, b = ``local_batch_size`` =
+batch_size // world_size; the number of batches (``len``) and ``start_batch`` count global batches
+and are the same on every rank.
 """
 
 from __future__ import annotations
@@ -16,12 +23,37 @@ import numpy as np
 
 
 class _EpochBatchSampler:
-    """Common part: epoch-seeded generator, resumable start, fixed number of batches."""
+    """Common part: epoch-seeded generator, resumable start, fixed number of batches, and the
+    rank's slice of each global batch.
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int = 0) -> None:
+    Args:
+        num_samples: size of the data set.
+        batch_size: global batch size, a multiple of ``world_size * group``.
+        seed: base seed of the epoch generators.
+        rank: this process's index in [0, world_size).
+        world_size: number of data-parallel processes.
+        group: size of the runs of consecutive indices that must stay on one rank (K for P x K).
+    """
+
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, group: int = 1
+    ) -> None:
+        if world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside [0, world_size={world_size})")
         if batch_size < 1 or num_samples < batch_size:
             raise ValueError(f"batch size {batch_size} does not fit {num_samples} samples")
+        need = world_size * group
+        if batch_size % need:
+            what = "world_size" if group == 1 else f"world_size x K = {world_size} x {group}"
+            raise ValueError(
+                f"batch size {batch_size} is not a multiple of {what} = {need}: make the batch size a multiple "
+                f"of {need} (or change the number of processes)"
+            )
         self.batch_size = batch_size
+        self.local_batch_size = batch_size // world_size
+        self.rank, self.world_size = rank, world_size
         self.num_batches = num_samples // batch_size
         self.seed = seed
         self.epoch = 0
@@ -41,20 +73,23 @@ class _EpochBatchSampler:
         return np.random.default_rng([self.seed, self.epoch])
 
     def _batches(self, rng: np.random.Generator) -> np.ndarray:
+        """(num_batches, batch_size) indices: the global batches of the epoch."""
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self._batches(self._rng())
-        for batch in batches[self.start_batch :]:
+        """The rank's slice (local_batch_size indices) of each global batch from start_batch on."""
+        lo = self.rank * self.local_batch_size
+        for batch in self._batches(self._rng())[self.start_batch :, lo : lo + self.local_batch_size]:
             yield batch.tolist()
 
 
 class RandomBatchSampler(_EpochBatchSampler):
-    """A fresh permutation of all samples each epoch, cut into full batches (the last partial
-    batch is dropped)."""
+    """A fresh permutation of all samples each epoch, cut into full global batches (the last
+    partial batch is dropped); ``rank`` and ``world_size`` select this process's slice of each
+    (see the module docstring)."""
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int = 0) -> None:
-        super().__init__(num_samples, batch_size, seed)
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, *, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(num_samples, batch_size, seed, rank, world_size)
         self.num_samples = num_samples
 
     def _batches(self, rng: np.random.Generator) -> np.ndarray:
@@ -67,16 +102,27 @@ class PKBatchSampler(_EpochBatchSampler):
 
     Each epoch has ``len(labels) // batch_size`` batches. Identities are visited in a shuffled
     cycle; an identity's K images are drawn without replacement when it has at least K, with
-    replacement otherwise. Consecutive groups of K indices in a batch share one label.
+    replacement otherwise. Consecutive groups of K indices in a batch share one label, so with
+    ``world_size`` processes (batch_size a multiple of world_size x K) each rank's contiguous slice
+    holds whole groups: an identity's K images stay on one rank.
     """
 
-    def __init__(self, labels: np.ndarray, batch_size: int, images_per_identity: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        labels: np.ndarray,
+        batch_size: int,
+        images_per_identity: int,
+        seed: int = 0,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         labels = np.asarray(labels)
         if labels.ndim != 1:
             raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
-        if batch_size % images_per_identity:
-            raise ValueError(f"batch size {batch_size} is not a multiple of K={images_per_identity}")
-        super().__init__(len(labels), batch_size, seed)
+        if images_per_identity < 1:
+            raise ValueError(f"images_per_identity (K) must be >= 1, got {images_per_identity}")
+        super().__init__(len(labels), batch_size, seed, rank, world_size, group=images_per_identity)
         self.k = images_per_identity
         self.p = batch_size // images_per_identity
         order = np.argsort(labels, kind="stable")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from otface.heads.arcface import ArcFace
 from otface.heads.base import MarginHead
@@ -17,8 +16,8 @@ class CurricularFace(ArcFace):
     t <- momentum * mean_i(cos theta_{y_i}) + (1 - momentum) * t (detached, t = 0 at start), and
     the re-weighting then uses this updated t, as the authors' code does. Early on t is near 0, so a
     hard negative with cos_j > 0 is damped (easy samples first); as t grows, hard ones weigh more.
-    When ``torch.distributed`` is initialised the mean runs over the whole global batch (sum and
-    count all-reduced), so every process holds the same t; the authors' code keeps one t per
+    Sharded over processes (:class:`~otface.heads.partial_fc.PartialFC`) the mean runs over the
+    whole global batch, so every process holds the same t; the authors' code keeps one t per
     process, from its local batch. t is a buffer, so it is checkpointed with the head.
 
     Hard negatives are those above the target logit actually used, fallback included; the authors'
@@ -39,24 +38,14 @@ class CurricularFace(ArcFace):
         self.register_buffer("t", torch.zeros(()))
 
     @torch.no_grad()
-    def _update_t(self, cos_target: torch.Tensor) -> None:
-        """Moving average of the (N,) target cosines, over all processes when distributed."""
-        stats = torch.stack([cos_target.sum(), cos_target.new_tensor(cos_target.numel())])
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(stats)
-        total, count = stats.to(self.t.dtype)
-        updated = self.momentum * total / count.clamp_min(1) + (1 - self.momentum) * self.t
-        self.t.copy_(torch.where(count > 0, updated, self.t))
+    def observe(self, target: torch.Tensor) -> None:
+        """t <- momentum * mean(cos theta_y) + (1 - momentum) * t over the (N,) target cosines."""
+        if target.numel():
+            self.t.copy_(self.momentum * target.mean().to(self.t.dtype) + (1 - self.momentum) * self.t)
 
-    def adjust(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        rows = torch.arange(cos.shape[0], device=cos.device)
-        cos_target = cos[rows, labels]
-        target = self.margin_cos(cos_target)
-        if self.training:
-            self._update_t(cos_target.detach())
-        hard = cos > target.detach().unsqueeze(1)
+    def reweight(self, cos: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         t = self.t.to(cos.dtype)
-        return torch.where(hard, cos * (t + cos), cos).index_put((rows, labels), target)
+        return torch.where(cos > target, cos * (t + cos), cos)
 
     def extra_repr(self) -> str:
         return MarginHead.extra_repr(self) + f", margin={self.margin}, momentum={self.momentum}"

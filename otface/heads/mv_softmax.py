@@ -36,12 +36,10 @@ class MVSoftmax(MarginHead):
         self.t = float(t)
         self.adaptive = bool(adaptive)
 
-    def adjust(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        rows = torch.arange(cos.shape[0], device=cos.device)
-        target = self.margin_cos(cos[rows, labels])
-        misclassified = cos > target.detach().unsqueeze(1)  # I_k = 1
+    def reweight(self, cos: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        misclassified = cos > target  # I_k = 1
         weighted = (self.t + 1.0) * cos + self.t if self.adaptive else cos + self.t  # adaptive / fixed h
-        return torch.where(misclassified, weighted, cos).index_put((rows, labels), target)
+        return torch.where(misclassified, weighted, cos)
 
     def extra_repr(self) -> str:
         return MarginHead.extra_repr(self) + f", margin={self.margin}, t={self.t}, adaptive={self.adaptive}"

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from otface.heads.base import MarginHead
+from otface.heads.base import MarginHead, held_rows
 
 
 class Softmax(MarginHead):
@@ -26,20 +26,18 @@ class Softmax(MarginHead):
         bias: (C,) zeros at start, or None when ``bias=False``.
     """
 
+    class_tables = ("weight", "bias")
+
     def __init__(self, embedding_size: int, num_classes: int, bias: bool = True) -> None:
         super().__init__(embedding_size, num_classes, scale=1.0)
         self.register_parameter("bias", nn.Parameter(torch.zeros(num_classes)) if bias else None)
 
-    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """(N, E) embeddings, (N,) labels -> (N, C) logits W x + b (float32 or wider).
-
-        The labels are only checked; autocast is disabled inside, as for the other heads.
-        """
-        self._checked_labels(embeddings, labels)
+    def scores(self, embeddings: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, E) -> (N, C) (or (N, C') for ``rows``) logits W x + b in float32 or wider; no
+        margin or scale follows."""
         dtype = torch.promote_types(torch.promote_types(embeddings.dtype, self.weight.dtype), torch.float32)
-        with torch.autocast(embeddings.device.type, enabled=False):
-            bias = None if self.bias is None else self.bias.to(dtype)
-            return F.linear(embeddings.to(dtype), self.weight.to(dtype), bias)
+        bias = None if self.bias is None else held_rows(self.bias, rows).to(dtype)
+        return F.linear(embeddings.to(dtype), held_rows(self.weight, rows).to(dtype), bias)
 
     def extra_repr(self) -> str:
         return f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, bias={self.bias is not None}"

@@ -78,18 +78,13 @@ class SphereFace(MarginHead):
         lam = self.annealing_lambda().to(cos_target.dtype)
         return (lam * cos_target + a_softmax_psi(cos_target, self.margin)) / (1 + lam)
 
-    def adjust(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            self.iteration.add_(1)
-        return super().adjust(cos, labels)
+    def observe(self, target: torch.Tensor) -> None:
+        self.iteration.add_(1)
 
-    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """(N, E) embeddings, (N,) labels -> (N, C) logits ||x|| * adjusted cosines (float32 or wider)."""
-        labels = self._checked_labels(embeddings, labels)
-        with torch.autocast(embeddings.device.type, enabled=False):
-            cos = self.cosine(embeddings)
-            norm = embeddings.to(cos.dtype).norm(dim=1, keepdim=True)
-            return norm * self.adjust(cos, labels)
+    def logit_scale(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(N, 1) feature norms ||x|| (float32 or wider): the feature norm is the scale."""
+        dtype = torch.promote_types(torch.promote_types(embeddings.dtype, self.weight.dtype), torch.float32)
+        return embeddings.to(dtype).norm(dim=1, keepdim=True)
 
     def extra_repr(self) -> str:
         return (f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, margin={self.margin}, "

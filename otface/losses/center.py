@@ -8,6 +8,11 @@ Eq. 2 sums over the m samples of the mini-batch; the authors' Caffe layer (ydwen
 divides by the batch size, and so do we, so that the weight lambda does not depend on it. The
 centers are a buffer, moved by the update rule only (in training mode, after the loss is taken
 with the old centers), never by the optimizer: the loss gives them no gradient.
+
+Under torch.distributed (data parallelism), the update uses the whole global batch: the detached
+embeddings and labels of all processes are gathered first, so that every process applies the same
+update and holds the same centers. Local batch sizes must be equal on all processes (the batch
+samplers guarantee it). The loss value stays the mean over the local batch, like the other losses.
 """
 
 from __future__ import annotations
@@ -15,9 +20,21 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from otface.losses.checks import checked_batch, mean_or_zero
+
+
+def all_gathered(x: Tensor) -> Tensor:
+    """(N, ...) local tensor -> (world_size * N, ...) concatenation of every process's tensor in
+    rank order; ``x`` itself when torch.distributed is not initialised. N must be equal on all
+    processes."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
 
 
 class CenterLoss(nn.Module):
@@ -45,18 +62,26 @@ class CenterLoss(nn.Module):
 
     @torch.no_grad()
     def update_centers(self, embeddings: Tensor, labels: Tensor) -> None:
-        """c_j <- c_j - alpha * delta c_j for the classes j present in the batch (Eq. 4)."""
+        """c_j <- c_j - alpha * delta c_j for the classes j present in the batch (Eq. 4).
+
+        (N, E) embeddings, (N,) labels: the local batch. Under torch.distributed the batches of all
+        processes are gathered first (a collective: every process must call this, with the same N),
+        so the update is that of the global batch on every process.
+        """
+        embeddings = all_gathered(embeddings.detach().to(self.centers.dtype))
+        labels = all_gathered(labels)
         classes, index = labels.unique(return_inverse=True)
         counts = torch.bincount(index, minlength=len(classes)).to(self.centers.dtype)[:, None]
         sums = self.centers.new_zeros(len(classes), self.embedding_size)
-        sums.index_add_(0, index, embeddings.detach().to(self.centers.dtype))
+        sums.index_add_(0, index, embeddings)
         centers = self.centers[classes]
         delta = (counts * centers - sums) / (1.0 + counts)
         self.centers[classes] = centers - self.alpha * delta
 
     def forward(self, embeddings: Tensor, labels: Tensor, head: nn.Module | None = None) -> Tensor:
         """(N, E) embeddings, (N,) labels -> scalar loss (Eq. 2, mean over the batch); in training
-        mode the centers of the classes present are then updated. ``head`` is not used."""
+        mode the centers of the classes present are then updated (from the global batch under
+        torch.distributed; the loss stays the local mean). ``head`` is not used."""
         x, labels = checked_batch(embeddings, labels, self.embedding_size, self.num_classes)
         with torch.autocast(x.device.type, enabled=False):
             centers = self.centers[labels].to(x.dtype)  # gathered copy: the update below leaves it as is

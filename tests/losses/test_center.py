@@ -1,7 +1,11 @@
+import datetime
 import math
+import os
+import socket
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from otface.losses.center import CenterLoss
 
@@ -143,3 +147,47 @@ def test_bad_hyper_parameters():
         CenterLoss(4, 3, alpha=1.5)
     with pytest.raises(ValueError, match="embedding_size"):
         CenterLoss(0, 3)
+
+
+def distributed_worker(rank: int, world_size: int, init_method: str, tmp: str) -> None:
+    """One gloo process: the loss on its contiguous share of the global batch saved by the parent
+    (training mode), then its centers and loss value written to ``tmp/rank{rank}.pt``."""
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        setup = torch.load(os.path.join(tmp, "setup.pt"))
+        loss_fn = CenterLoss(6, 5).double()
+        loss_fn.load_state_dict(setup["state"])
+        emb, labels = (t.chunk(world_size)[rank] for t in (setup["emb"], setup["labels"]))
+        loss = loss_fn(emb, labels)
+        torch.save({"centers": loss_fn.centers, "loss": loss.detach()}, os.path.join(tmp, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (bound to port 0, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_update_uses_the_global_batch(tmp_path):
+    loss_fn = CenterLoss(6, 5).double()
+    emb, labels = batch(20, 6, 5)
+    torch.save({"state": loss_fn.state_dict(), "emb": emb, "labels": labels}, tmp_path / "setup.pt")
+    before = loss_fn.centers.clone()
+    torch.multiprocessing.spawn(distributed_worker, nprocs=2,
+                                args=(2, f"tcp://127.0.0.1:{free_port()}", str(tmp_path)))
+    want_centers = reference_update(emb, labels, before, 0.5)
+    loss_fn(emb, labels)  # the single-process update on the whole batch
+    torch.testing.assert_close(loss_fn.centers, want_centers)
+    local_only = CenterLoss(6, 5).double()
+    local_only.load_state_dict({"centers": before})
+    local_only(emb[:10], labels[:10])
+    assert not torch.allclose(local_only.centers, want_centers)  # the test tells the two apart
+    outs = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    assert torch.equal(outs[0]["centers"], outs[1]["centers"])
+    torch.testing.assert_close(outs[0]["centers"], loss_fn.centers)
+    for out, e, y in zip(outs, emb.chunk(2), labels.chunk(2)):  # the loss is the local mean
+        assert out["loss"].item() == pytest.approx(reference_loss(e, y, before).item(), rel=1e-12)
