@@ -97,9 +97,15 @@ def results_table(results: dict[str, Any]) -> str:
     if t.get("skipped_samples"):
         lines.append(f"skipped {t['skipped_samples']} unreadable training samples (data.on_error=skip); first ones:")
         lines.extend(f"  sample {index}: {reason}" for index, reason in t["bad_samples"][:10])
+    if t.get("world_size", 1) > 1:
+        lines.append(f"trained on {t['world_size']} processes (global batch {results['config']['optim']['batch_size']})")
+    if t.get("amp") == "fp16":
+        lines.append(f"fp16: final loss scale {t['loss_scale']:g}, {t['overflow_steps']} overflow steps skipped")
     for resume in t.get("resumes", []):
-        changed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in resume["changes"].items())
-        lines.append(f"resumed at step {resume['step']} with {changed}")
+        changed = [f"{key} {old!r} -> {new!r}" for key, (old, new) in resume["changes"].items()]
+        before, now = resume.get("world_size", [1, 1])
+        changed += [f"{before} -> {now} processes"] * (before != now)
+        lines.append(f"resumed at step {resume['step']} with {', '.join(changed)}")
     return "\n".join(lines)
 
 
@@ -134,32 +140,49 @@ def _resumed_config(args: argparse.Namespace, path: Path) -> tuple[Config, dict[
     return cfg, ckpt, resume_changes(saved, cfg, epochs_done)
 
 
+def _process_prefix() -> str:
+    """"[rank k] " in a process torchrun started, so that the lines of the processes tell apart."""
+    return f"[rank {os.environ['RANK']}] " if os.environ.get("WORLD_SIZE", "1") != "1" and "RANK" in os.environ else ""
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.list_keys:
         for key, typ, default, help_text in describe():
             print(f"{key} ({typ}, default {default!r}): {help_text}")
         return 0
+    from otface.train.distributed import broadcast_value, close_distributed, init_distributed, training_device
     from otface.train.run_folder import CHECKPOINT, hold_run_folder
 
-    if args.resume:
-        run_dir = Path(args.out) if args.out else _latest_run(CHECKPOINT)
-    else:
-        cfg = load_config(args.config, args.overrides)
-        run_dir = Path(args.out) if args.out else _default_run_dir(cfg)
-    with hold_run_folder(run_dir):
+    with contextlib.ExitStack() as stack:
+        stack.callback(close_distributed)
         if args.resume:
+            run_dir = Path(args.out) if args.out else _latest_run(CHECKPOINT)
+            if os.environ.get("RANK", "0") == "0":  # rank 0 of a torchrun launch, or the one process
+                stack.enter_context(hold_run_folder(run_dir))
             cfg, ckpt, changes = _resumed_config(args, run_dir / CHECKPOINT)
-        elif (run_dir / CHECKPOINT).exists():
-            raise RunError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out")
-        with log_to_file(run_dir / "train.log"):
-            logging.getLogger("otface").info("run folder: %s", run_dir)
-            from otface.train.trainer import Trainer  # heavy imports only when training
+            procs = init_distributed(training_device(cfg.train.device))
+        else:
+            cfg = load_config(args.config, args.overrides)
+            procs = init_distributed(training_device(cfg.train.device))
+            run_dir = Path(broadcast_value(str(args.out or _default_run_dir(cfg)), procs))  # rank 0's time
+            if procs.is_main:
+                stack.enter_context(hold_run_folder(run_dir))
+                if (run_dir / CHECKPOINT).exists():
+                    raise RunError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out")
+        if procs.is_main:
+            stack.enter_context(log_to_file(run_dir / "train.log"))
+        else:
+            logging.getLogger("otface").setLevel(logging.WARNING)
+        logging.getLogger("otface").info("run folder: %s", run_dir)
+        from otface.train.trainer import Trainer  # heavy imports only when training
 
-            trainer = Trainer(cfg, run_dir)
-            if args.resume:
-                trainer.resume(ckpt, changes)
-            results = trainer.train()
-            write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2))
+        trainer = Trainer(cfg, run_dir, procs)
+        if args.resume:
+            trainer.resume(ckpt, changes)
+        results = trainer.train()
+        if not procs.is_main:
+            return 0
+        write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2))
     print(results_table(results))
     print(f"\nresults: {run_dir / 'results.json'}  ROC: {run_dir / 'roc.png'}")
     return 0
@@ -183,7 +206,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from otface.eval.model import load_model
     from otface.eval.suite import EvalReport, evaluate_bins, evaluate_ijb_set, evaluate_megaface, markdown, \
         write_report
-    from otface.train.trainer import resolve_device
+    from otface.train.distributed import resolve_device
 
     bins = _bin_paths(args)
     if not (bins or args.ijb or args.megaface):
@@ -404,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except OtfaceError as err:
-        print(f"otface: error: {one_line(str(err))}", file=sys.stderr)
+        print(f"{_process_prefix()}otface: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader of our output went away (`otface ... | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit

@@ -79,6 +79,8 @@ class ModelSection:
 class HeadSection:
     name: str = _f("arcface", "margin head name (see otface.heads.HEADS)")
     params: dict = _f({"scale": 32.0, "margin": 0.5}, "hyper-parameters of the head (empty: its paper defaults)")
+    sample_rate: float = _f(1.0, "Partial FC: fraction r of the classes scored per step (every positive plus "
+                                 "uniform negatives); 1: all", gt=0.0, le=1.0)
 
 
 @dataclass
@@ -116,7 +118,11 @@ class TrainSection:
     seed: int = _f(0, "seed of initialisation, sampling and augmentation", ge=0, lt=SEED_LIMIT)
     device: str = _f("auto", "'auto' (cuda if available), 'cpu' or 'cuda[:i]'")
     threads: int = _f(0, "torch CPU threads; 0: torch's default", ge=0)
-    amp: str = _f("none", "mixed precision: 'none', 'bf16' or 'fp16' (CUDA)", choices=("none", "bf16", "fp16"))
+    amp: str = _f("none", "mixed precision: 'none', 'bf16' or 'fp16' (with a gradient scaler; CUDA)",
+                  choices=("none", "bf16", "fp16"))
+    compile: bool = _f(False, "CUDA: torch.compile the backbone")
+    channels_last: bool = _f(False, "CUDA: channels-last memory format for the backbone and its inputs")
+    sync_bn: bool = _f(False, "CUDA, several processes: synchronise batch-norm statistics over the global batch")
     deterministic: bool = _f(False, "CUDA: deterministic kernels (slower; CPU runs are always deterministic)")
     log_interval: int = _f(20, "steps between log lines", ge=1)
     val_interval: int = _f(0, "epochs between validations during training; 0: only at the end", ge=0)

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import nn
 
 from otface.heads.base import MarginHead
@@ -43,9 +42,70 @@ def shard_bounds(num_classes: int, rank: int, world_size: int) -> tuple[int, int
     return num_classes * rank // world_size, num_classes * (rank + 1) // world_size
 
 
+ROW_BLOCK = 4096  # rows drawn from one generator by init_class_rows
+INIT_STREAM = 0x4EAD  # keeps these draws apart from other streams of the same seed
+
+
+@torch.no_grad()
+def init_class_rows(table: torch.Tensor, lo: int, seed: int, std: float = 0.01) -> None:
+    """Fill the (R, E) rows of classes [lo, lo + R) of a class table with N(0, std^2), as every
+    head starts (insightface's init); class j's row is drawn from a generator of (seed, j // ROW_BLOCK),
+    so a class starts with the same weights however the classes are split between processes."""
+    hi = lo + len(table)
+    for block in range(lo // ROW_BLOCK, -(-hi // ROW_BLOCK)):
+        start = block * ROW_BLOCK
+        state = int(np.random.SeedSequence([INIT_STREAM, seed, block]).generate_state(1)[0])
+        rows = torch.randn((ROW_BLOCK, *table.shape[1:]), generator=torch.Generator().manual_seed(state)) * std
+        first, last = max(lo, start), min(hi, start + ROW_BLOCK)
+        table[first - lo : last - lo] = rows[first - start : last - start]
+
+
 def gradient_scaled(x: torch.Tensor, factor: float) -> torch.Tensor:
     """``x`` itself, whose gradient is multiplied by ``factor`` on the way back."""
     return x * factor + (x * (1.0 - factor)).detach()
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """Differentiable all-reduce (sum): the gradient of every copy of the sum is summed back.
+    (torch.distributed.nn.functional.all_reduce does the same and is deprecated.)"""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
+        ctx.group = group
+        x = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class _GatherOverProcesses(torch.autograd.Function):
+    """Differentiable all-gather along dim 0 of equal-sized tensors: each process gets back the
+    sum over the processes of the gradient of its own rows."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
+        ctx.group, ctx.rows = group, len(x)
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.contiguous()
+        mine = torch.empty_like(grad[: ctx.rows])
+        if dist.get_backend(ctx.group) == "nccl":
+            dist.reduce_scatter_tensor(mine, grad, group=ctx.group)
+            return mine, None
+        # gloo has no reduce-scatter: all-reduce, then keep this process's rows
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        rank = dist.get_rank(ctx.group)
+        return grad[rank * ctx.rows : (rank + 1) * ctx.rows], None
 
 
 class PartialFC(nn.Module):
@@ -101,7 +161,7 @@ class PartialFC(nn.Module):
 
     def _sum(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over the processes, differentiable."""
-        return dist_nn.all_reduce(x, group=self.group) if self._distributed() else x
+        return _SumOverProcesses.apply(x, self.group) if self._distributed() else x
 
     def _max(self, x: torch.Tensor) -> torch.Tensor:
         """Maximum over the processes (not differentiated: the log-sum-exp shift)."""
@@ -115,7 +175,7 @@ class PartialFC(nn.Module):
             return embeddings, labels
         gathered = [torch.empty_like(labels) for _ in range(self.world_size)]
         dist.all_gather(gathered, labels.contiguous(), group=self.group)
-        return torch.cat(dist_nn.all_gather(embeddings, group=self.group)), torch.cat(gathered)
+        return _GatherOverProcesses.apply(embeddings, self.group), torch.cat(gathered)
 
     # ---------------------------------------------------------------------------- sampling
     def sample_classes(self, labels: torch.Tensor) -> torch.Tensor | None:

@@ -118,11 +118,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def load_into(target: Any, state: Any, path: str | os.PathLike, what: str) -> None:
-    """``target.load_state_dict(state)`` (a module or an optimizer) for an entry of the checkpoint
-    at ``path``; state that does not fit -- missing, unexpected or misshapen tensors, other
-    parameter groups, not a mapping -- is a :class:`ModelFileError` ``"{path}: {what}: ..."``."""
+    """``target.load_state_dict(state)`` (a module or an optimizer; or ``target(state)`` for a
+    loading function) for an entry of the checkpoint at ``path``; state that does not fit --
+    missing, unexpected or misshapen tensors, other parameter groups, not a mapping -- is a
+    :class:`ModelFileError` ``"{path}: {what}: ..."``."""
+    load = getattr(target, "load_state_dict", target)
     try:
-        target.load_state_dict(state)
+        load(state)
     except (RuntimeError, ValueError, TypeError) as err:  # what load_state_dict raises for a misfit
         raise ModelFileError(f"{path}: {what}: {one_line(str(err))}") from None
 

@@ -22,6 +22,7 @@ RESUMABLE = frozenset({
     "data.num_workers", "data.val_sets", "data.max_skip_fraction",
     "data.synthetic.workers", "data.synthetic.cache_dir",  # render processes, cache location: same data
     "ot.chunk_size",  # memory bound of the OT solve: same values
+    "train.compile", "train.channels_last",  # how the backbone is computed, not what
 })
 
 

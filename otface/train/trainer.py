@@ -1,9 +1,16 @@
-"""The training loop: backbone -> margin head (+ OT loss on a stage's feature maps), SGD with the
-paper's step schedule, periodic validation, atomic checkpoints and exact resume.
+"""The training loop: backbone -> margin head plus auxiliary terms (the OT loss on a stage's
+feature maps among them), SGD with the paper's step schedule, periodic validation, atomic
+checkpoints and exact resume, on one process or on several (torchrun, :mod:`.distributed`).
 
-One optimiser step consumes ``optim.grad_accum`` micro-batches of ``optim.batch_size`` images;
-the loss is divided by ``grad_accum`` and the schedule counts optimiser steps, so accumulation
-changes neither the effective loss scale nor the schedule (SPEC §9).
+One optimiser step (:meth:`Trainer.step`) consumes ``optim.grad_accum`` micro-batches of
+``optim.batch_size`` images; the loss is divided by ``grad_accum`` and the schedule counts
+optimiser steps, so accumulation changes neither the effective loss scale nor the schedule (SPEC §9).
+
+With N processes, ``optim.batch_size`` is the global batch: each process trains on its slice
+(the samplers cut one global sequence), the backbone is replicated by DistributedDataParallel,
+the head's classes are sharded (:class:`~otface.heads.partial_fc.PartialFC`), and the figures
+logged -- losses, hard groups, images -- are those of the global batch. Rank 0 alone validates,
+logs and writes; its checkpoint holds the whole head, so any number of processes can resume it.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from otface.config import Config, save_config
@@ -29,10 +37,12 @@ from otface.data.skipping import BadSample, collate_skipping
 from otface.data.transforms import flip_draws, flip_images, network_input
 from otface.errors import ConfigError, ModelFileError, RunError
 from otface.heads import build_head
+from otface.heads.partial_fc import PartialFC, init_class_rows, shard_bounds
 from otface.losses import OTLoss, build_aux_loss
 from otface.models import build_backbone
 from otface.train.checkpoint import check_entries, load_checkpoint, load_into, save_checkpoint
 from otface.train.data import open_training_set, prepare_data
+from otface.train.distributed import SINGLE, Processes, barrier, broadcast_value, global_sum, training_device
 from otface.train.evaluate import VerificationSuite, format_tar
 from otface.train.run_folder import CHECKPOINT
 from otface.train.schedule import lr_factor
@@ -40,7 +50,9 @@ from otface.train.schedule import lr_factor
 log = logging.getLogger("otface.train")
 
 KEPT_BAD_SAMPLES = 100  # skipped samples listed by name in the checkpoint and results (all are counted)
-CHECKPOINT_ENTRIES = ("backbone", "head", "losses", "optimizer", "train_state", "torch_rng", "config")
+CHECKPOINT_FORMAT = 2  # 2: the whole head and optimiser state by parameter name, any world size
+CHECKPOINT_ENTRIES = ("format", "backbone", "head", "losses", "optimizer", "scaler", "train_state", "torch_rng",
+                      "cuda_rng", "config")
 
 
 class NonFiniteLossError(RunError):
@@ -73,26 +85,9 @@ class TrainState:
     bad_samples: list = field(default_factory=list)
     history: list = field(default_factory=list)
     window: dict = field(default_factory=_new_window)
-    resumes: list = field(default_factory=list)  # per --resume: the step and the settings it changed
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; a device that does not exist here is a
-    :class:`ConfigError`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device {name!r} is not a device name: use 'auto', 'cpu' or 'cuda[:i]'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r}: CUDA is not available here (torch {torch.__version__}, "
-                          f"CUDA build: {torch.version.cuda or 'no'}); use 'cpu' or 'auto'")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device {name!r}: only 'cpu' and 'cuda' devices are supported")
-    return device
+    resumes: list = field(default_factory=list)  # per --resume: the step, the settings changed, the processes
+    overflow_steps: int = 0  # fp16 steps the gradient scaler skipped
+    world_size: int = 1  # processes of the run so far (the last resume's)
 
 
 def make_deterministic(device: torch.device, deterministic: bool) -> None:
@@ -108,22 +103,73 @@ def make_deterministic(device: torch.device, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True)
 
 
-class Trainer:
-    """Owns the model, head, losses, optimiser and data of one run folder."""
+class FeatureForward(nn.Module):
+    """The backbone's ``forward_features`` as a module's forward, for DDP and torch.compile:
+    images (N, 3, S, S) -> (embeddings (N, E), {stage: feature maps})."""
 
-    def __init__(self, cfg: Config, run_dir: str | Path) -> None:
+    def __init__(self, backbone: nn.Module, stages: tuple[str, ...]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.stages = stages
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.backbone.forward_features(images, list(self.stages))
+
+
+@dataclass
+class LossTerm:
+    """An auxiliary term ``weight * module(...)`` of the total loss (Eq. 10 and SPEC §3).
+
+    ``stage`` names the backbone stage whose feature maps the term reads -- the OT loss's, which
+    returns an :class:`~otface.losses.OTLossOutput` -- or is None for a loss of the embeddings,
+    ``module(embeddings, labels, head=head)``.
+    """
+
+    name: str
+    module: nn.Module
+    weight: float
+    stage: str | None = None
+
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor, head: nn.Module,
+                 features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """The term's unweighted loss and the hard groups it used."""
+        if self.stage is None:
+            return self.module(embeddings, labels, head=head), 0
+        out = self.module(features[self.stage], embeddings, labels)
+        return out.loss, out.num_groups
+
+
+@dataclass
+class StepResult:
+    """What one optimiser step trained on: global sums over its micro-batches."""
+
+    loss: float
+    terms: dict[str, float]
+    groups: int
+    images: int
+    micro_batches: int
+    overflow: bool
+
+
+class Trainer:
+    """Owns the model, head, losses, optimiser and data of one run folder, on this process."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, procs: Processes = SINGLE) -> None:
         self.cfg = cfg
+        self.procs = procs
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if procs.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
-        torch.manual_seed(cfg.train.seed)
-        self.device = resolve_device(cfg.train.device)
+        torch.manual_seed(cfg.train.seed)  # the same stream on every process
+        self.device = training_device(cfg.train.device)
+        self._check_device_options()
         make_deterministic(self.device, cfg.train.deterministic)
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # exp(-C/eps) underflows to denormals, slow on CPUs
 
-        train_root, val_paths = prepare_data(cfg.data, progress=cfg.train.progress)
+        train_root, val_paths = self._prepare_data()
         self.dataset = open_training_set(train_root, cfg.data)
         self._check_records_left_out(train_root)
         self.backbone = build_backbone(
@@ -132,28 +178,32 @@ class Trainer:
             input_size=cfg.model.input_size,
             **cfg.model.params,
         ).to(self.device)
-        self.head = build_head(
-            cfg.head.name, cfg.model.embedding_size, self.dataset.num_classes, **cfg.head.params
-        ).to(self.device)
-        self.ot_loss = self._build_ot_loss()
+        if cfg.train.channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        if cfg.train.sync_bn:
+            self.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(self.backbone)
+        self.head = self._build_head()
         self.aux_losses = nn.ModuleDict({
             name: build_aux_loss(name, embedding_size=cfg.model.embedding_size,
                                  num_classes=self.dataset.num_classes, **spec.get("params", {}))
             for name, spec in cfg.losses.items()
         }).to(self.device)
-        self.aux_weights = {name: float(spec["weight"]) for name, spec in cfg.losses.items()}
-        self.validation = VerificationSuite(val_paths, image_size=cfg.model.input_size)
+        self.terms = self._build_terms()
+        self.model = self._build_model()
+        self.validation = VerificationSuite(val_paths, image_size=cfg.model.input_size) if procs.is_main else None
 
-        self.params = [p for m in (self.backbone, self.head, self.aux_losses) for p in m.parameters()]
+        self.named_params = self._named_parameters()
+        self.params = [p for _, p, _ in self.named_params]
         self.optimizer = torch.optim.SGD(
             self.params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
         )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
         self.sampler = self._build_sampler()
         self.steps_per_epoch = len(self.sampler) // cfg.optim.grad_accum
         if self.steps_per_epoch < 1:
             raise ConfigError(f"{len(self.sampler)} micro-batches per epoch, fewer than optim.grad_accum="
                               f"{cfg.optim.grad_accum}: lower optim.grad_accum or optim.batch_size")
-        self.state = TrainState()
+        self.state = TrainState(world_size=procs.world_size)
         self.saved_step: int | None = None  # the step of the checkpoint in the run folder, if any
         # uint8 batches become float inputs where the model runs; a CPU run with loader workers
         # leaves that to the workers, which have cores to spare while the main process trains
@@ -162,27 +212,92 @@ class Trainer:
                                   if on_cpu_with_workers else None)
 
     # ----------------------------------------------------------------------------- construction
-    def _build_ot_loss(self) -> OTLoss | None:
+    def _check_device_options(self) -> None:
+        t = self.cfg.train
+        for key, on in (("train.compile", t.compile), ("train.channels_last", t.channels_last),
+                        ("train.sync_bn", t.sync_bn)):
+            if on and self.device.type != "cuda":
+                raise ConfigError(f"{key}=true needs a CUDA device; this run trains on {self.device}")
+        if t.sync_bn and not self.procs.distributed:
+            raise ConfigError("train.sync_bn=true synchronises several processes: launch with torchrun")
+
+    def _prepare_data(self) -> tuple[Path, dict[str, Path]]:
+        """The data folders; rank 0 generates the synthetic set while the others wait, then find it cached."""
+        if self.procs.is_main:
+            found = prepare_data(self.cfg.data, progress=self.cfg.train.progress)
+        barrier(self.procs)
+        return found if self.procs.is_main else prepare_data(self.cfg.data, progress=False)
+
+    def _build_head(self) -> nn.Module:
+        """The head over this process's classes: the plain head for one process scoring every
+        class, else a :class:`PartialFC` shard. A class's initial weights do not depend on the
+        shards, and building the head leaves torch's random stream as it was."""
+        cfg, procs, classes = self.cfg, self.procs, self.dataset.num_classes
+        sharded = procs.distributed or cfg.head.sample_rate < 1
+        if sharded and "discface" in cfg.losses:
+            raise ConfigError("losses.discface reads every class centre of the head in each process: it cannot "
+                              "train with several processes or head.sample_rate < 1")
+        lo, hi = shard_bounds(classes, procs.rank, procs.world_size)
+        if hi <= lo:
+            raise ConfigError(f"{classes} classes cannot be split between {procs.world_size} processes")
+        with torch.random.fork_rng(devices=[]):
+            head = build_head(cfg.head.name, cfg.model.embedding_size, hi - lo, **cfg.head.params)
+        inner = head.head if hasattr(head, "reduce") else head
+        init_class_rows(inner.weight.data, lo, cfg.train.seed)
+        if sharded:
+            head = PartialFC(head, classes, rank=procs.rank, world_size=procs.world_size,
+                             group=procs.head_group, sample_rate=cfg.head.sample_rate, seed=cfg.train.seed)
+        return head.to(self.device)
+
+    def _build_terms(self) -> list[LossTerm]:
         o = self.cfg.ot
-        if o.weight == 0:
-            return None
-        if o.stage not in self.backbone.stage_names:
-            raise ConfigError(f"ot.stage {o.stage!r} is not a stage of {self.cfg.model.backbone}: "
-                              f"choose one of {list(self.backbone.stage_names)}")
-        return OTLoss(
-            eps=o.eps, iters=o.iters, tol=o.tol or None, grad=o.grad, margin=o.margin,
-            mining_margin=o.mining_margin, max_groups=o.max_groups or None,
-            reduction=o.reduction, chunk_size=o.chunk_size,
-        )
+        terms = []
+        if o.weight > 0:
+            if o.stage not in self.backbone.stage_names:
+                raise ConfigError(f"ot.stage {o.stage!r} is not a stage of {self.cfg.model.backbone}: "
+                                  f"choose one of {list(self.backbone.stage_names)}")
+            ot = OTLoss(eps=o.eps, iters=o.iters, tol=o.tol or None, grad=o.grad, margin=o.margin,
+                        mining_margin=o.mining_margin, max_groups=o.max_groups or None,
+                        reduction=o.reduction, chunk_size=o.chunk_size)
+            terms.append(LossTerm("ot", ot, o.weight, stage=o.stage))
+        terms += [LossTerm(name, self.aux_losses[name], float(spec["weight"])) for name, spec in self.cfg.losses.items()]
+        return terms
+
+    def _build_model(self) -> nn.Module:
+        """The forward of the backbone and the stages the terms read: under DDP with several
+        processes, compiled when ``train.compile``."""
+        stages = tuple(dict.fromkeys(term.stage for term in self.terms if term.stage is not None))
+        model: nn.Module = FeatureForward(self.backbone, stages)
+        if self.procs.distributed:
+            model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.cfg.train.compile:
+            model = torch.compile(model)
+        return model
+
+    @property
+    def full_head(self) -> nn.Module:
+        """The module whose state is the whole head's: the head, or a shard's wrapped head."""
+        return self.head.head if isinstance(self.head, PartialFC) else self.head
+
+    def _named_parameters(self) -> list[tuple[str, nn.Parameter, bool]]:
+        """(checkpoint name, parameter, whether its rows are this process's classes) of every
+        trained parameter, in the optimiser's order."""
+        rows = self.head.class_tables if isinstance(self.head, PartialFC) else frozenset()
+        return ([(f"backbone.{n}", p, False) for n, p in self.backbone.named_parameters()]
+                + [(f"head.{n}", p, n in rows) for n, p in self.full_head.named_parameters()]
+                + [(f"losses.{n}", p, False) for n, p in self.aux_losses.named_parameters()])
 
     def _build_sampler(self) -> PKBatchSampler | RandomBatchSampler:
         d, o, seed = self.cfg.data, self.cfg.optim, self.cfg.train.seed
+        where = {"rank": self.procs.rank, "world_size": self.procs.world_size}
         try:
             if d.sampler == "pk":
-                return PKBatchSampler(self.dataset.labels, o.batch_size, d.images_per_identity, seed=seed)
-            return RandomBatchSampler(len(self.dataset), o.batch_size, seed=seed)
+                return PKBatchSampler(self.dataset.labels, o.batch_size, d.images_per_identity, seed=seed, **where)
+            return RandomBatchSampler(len(self.dataset), o.batch_size, seed=seed, **where)
         except ValueError as err:  # the samplers' own checks of sizes against the data
-            raise ConfigError(f"data.sampler={d.sampler}, optim.batch_size={o.batch_size}: {err}") from None
+            raise ConfigError(f"data.sampler={d.sampler}, optim.batch_size={o.batch_size}"
+                              f"{f' on {self.procs.world_size} processes' if self.procs.distributed else ''}: "
+                              f"{err}") from None
 
     def _loader(self) -> torch.utils.data.DataLoader:
         self.sampler.set_epoch(self.state.epoch, start_batch=self.state.batch_in_epoch)
@@ -210,45 +325,124 @@ class Trainer:
             return "no checkpoint was written"
         return f"last good checkpoint: {self.checkpoint_path()} (step {self.saved_step})"
 
+    def _gather_rows(self, tensor: torch.Tensor, rows: bool) -> torch.Tensor | None:
+        return self.head.gather_rows(tensor) if rows else tensor
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        """The optimiser's state by parameter name, class rows of every process gathered (a
+        collective; complete on rank 0)."""
+        saved = self.optimizer.state_dict()
+        state = {}
+        for index, (name, p, rows) in enumerate(self.named_params):
+            entry = saved["state"].get(index, {})
+            state[name] = {key: self._gather_rows(value, rows and torch.is_tensor(value) and value.shape == p.shape)
+                           for key, value in entry.items()}
+        groups = [{k: v for k, v in group.items() if k != "params"} for group in saved["param_groups"]]
+        return {"state": state, "param_groups": groups}
+
+    def _load_optimizer_state(self, saved: Any, path: Path) -> None:
+        """:meth:`_optimizer_state` of any number of processes into this process's optimiser."""
+        if not (isinstance(saved, dict) and isinstance(saved.get("state"), dict)
+                and isinstance(saved.get("param_groups"), list)):
+            raise ModelFileError(f"{path}: its optimizer state is not one this version of otface wrote")
+        names = {name for name, _, _ in self.named_params}
+        unknown = sorted(set(saved["state"]) - names)
+        if unknown:
+            raise ModelFileError(f"{path}: its optimizer has state for parameters this run does not have "
+                                 f"({', '.join(unknown[:3])}...)")
+        state = {}
+        try:
+            for index, (name, p, rows) in enumerate(self.named_params):
+                entry = saved["state"].get(name)
+                if entry:
+                    state[index] = {key: self.head.split_rows(value) if rows and torch.is_tensor(value)
+                                    and value.ndim == p.ndim else value for key, value in entry.items()}
+        except ValueError as err:
+            raise ModelFileError(f"{path}: its optimizer does not fit this run's: {err}") from None
+        groups = [dict(group, params=list(range(len(self.params)))) for group in saved["param_groups"]]
+        load_into(self.optimizer, {"state": state, "param_groups": groups}, path, "its optimizer does not fit this run's")
+
+    def _cuda_rng_states(self) -> list[torch.Tensor]:
+        """Every process's CUDA generator state (empty on the CPU); a collective."""
+        if self.device.type != "cuda":
+            return []
+        mine = torch.cuda.get_rng_state(self.device).to(self.device)
+        if not self.procs.distributed:
+            return [mine.cpu()]
+        states = [torch.empty_like(mine) for _ in range(self.procs.world_size)]
+        torch.distributed.all_gather(states, mine)
+        return [s.cpu() for s in states]
+
     def save(self) -> None:
-        """Write ``last.pt`` atomically; weights that became non-finite are never written (a
-        :class:`NonFiniteWeightsError` says where the last good checkpoint is)."""
-        modules = {"backbone": self.backbone, "head": self.head, "losses": self.aux_losses}
+        """Write ``last.pt`` atomically (rank 0), holding the whole head and optimiser state;
+        weights that became non-finite are never written (a :class:`NonFiniteWeightsError` on
+        every process says where the last good checkpoint is). Every process calls it."""
+        modules = {"backbone": self.backbone, "head": self.full_head, "losses": self.aux_losses}
         bad = [f"{part}.{name}" for part, module in modules.items() for name, t in module.state_dict().items()
                if t.is_floating_point() and not torch.isfinite(t).all()]
-        if bad:
+        if global_sum(torch.tensor([len(bad)], device=self.device), self.procs).item():
             raise NonFiniteWeightsError(
-                f"the weights became non-finite by step {self.state.step} ({len(bad)} "
-                f"tensors, e.g. {bad[0]}; optim.lr={self.cfg.optim.lr:g} may be too high): not saved; "
-                f"{self._last_good()}")
-        state = {name: module.state_dict() for name, module in modules.items()} | {
-            "optimizer": self.optimizer.state_dict(),
-            "train_state": dataclasses.asdict(self.state),
-            "torch_rng": torch.get_rng_state(),
-            "config": self.cfg.to_dict(),
-        }
-        save_checkpoint(state, self.checkpoint_path())
+                f"the weights became non-finite by step {self.state.step} "
+                f"({f'{len(bad)} tensors, e.g. {bad[0]}' if bad else 'on another process'}; "
+                f"optim.lr={self.cfg.optim.lr:g} may be too high): not saved; {self._last_good()}")
+        head = self.head.full_state_dict() if isinstance(self.head, PartialFC) else self.head.state_dict()
+        optimizer = self._optimizer_state()
+        cuda_rng = self._cuda_rng_states()
+        failure = None
+        if self.procs.is_main:
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "backbone": self.backbone.state_dict(),
+                "head": head,
+                "losses": self.aux_losses.state_dict(),
+                "optimizer": optimizer,
+                "scaler": self.scaler.state_dict(),
+                "train_state": dataclasses.asdict(self.state),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": cuda_rng,
+                "config": self.cfg.to_dict(),
+            }
+            try:
+                save_checkpoint(state, self.checkpoint_path())
+            except RunError as err:
+                failure = str(err)
+        failure = broadcast_value(failure, self.procs)
+        if failure:
+            raise RunError(failure)
         self.saved_step = self.state.step
 
     def resume(self, ckpt: dict[str, Any] | None = None, changes: dict[str, list[Any]] | None = None) -> None:
-        """Continue from ``ckpt`` (default: ``last.pt`` of the run folder, loaded here), recording
-        the settings ``changes`` made by this resume (see :mod:`otface.train.resume`)."""
+        """Continue from ``ckpt`` (default: ``last.pt`` of the run folder, loaded here), written by
+        any number of processes, recording the settings ``changes`` made by this resume (see
+        :mod:`otface.train.resume`)."""
         path = self.checkpoint_path()
         ckpt = load_checkpoint(path) if ckpt is None else ckpt
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ModelFileError(f"{path}: a checkpoint of format {ckpt.get('format', 1)!r}; this version of otface "
+                                 f"resumes format {CHECKPOINT_FORMAT} (start a new run)")
         check_entries(ckpt, path, CHECKPOINT_ENTRIES)
-        for name, part in (("backbone", self.backbone), ("head", self.head), ("losses", self.aux_losses),
-                           ("optimizer", self.optimizer)):
-            load_into(part, ckpt[name], path, f"its {name} does not fit this run's")
+        load_into(self.backbone, ckpt["backbone"], path, "its backbone does not fit this run's")
+        head = self.head.load_full_state_dict if isinstance(self.head, PartialFC) else self.head
+        load_into(head, ckpt["head"], path, "its head does not fit this run's")
+        load_into(self.aux_losses, ckpt["losses"], path, "its losses do not fit this run's")
+        self._load_optimizer_state(ckpt["optimizer"], path)
+        if ckpt["scaler"] and self.scaler.is_enabled():
+            load_into(self.scaler, ckpt["scaler"], path, "its gradient scaler state is not one this version reads")
         known = {f.name for f in dataclasses.fields(TrainState)}
         if not isinstance(ckpt["train_state"], dict) or set(ckpt["train_state"]) - known:
             raise ModelFileError(f"{path}: its train_state is not one this version of otface wrote")
         self.state = TrainState(**ckpt["train_state"])
         torch.set_rng_state(ckpt["torch_rng"])
+        if self.device.type == "cuda" and ckpt["cuda_rng"]:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"][self.procs.rank % len(ckpt["cuda_rng"])], self.device)
         self.saved_step = self.state.step
-        if changes:
-            self.state.resumes.append({"step": self.state.step, "changes": changes})
+        processes = [self.state.world_size, self.procs.world_size]
+        if changes or processes[0] != processes[1]:
+            self.state.resumes.append({"step": self.state.step, "changes": changes or {}, "world_size": processes})
             log.info("resumed with changed settings: %s",
-                     ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
+                     ", ".join([f"{k} {old!r} -> {new!r}" for k, (old, new) in (changes or {}).items()]
+                               + [f"processes {processes[0]} -> {processes[1]}"] * (processes[0] != processes[1])))
+        self.state.world_size = self.procs.world_size
         log.info("resumed from %s at epoch %d, batch %d (step %d)", path, self.state.epoch,
                  self.state.batch_in_epoch, self.state.step)
 
@@ -268,44 +462,113 @@ class Trainer:
         return lr
 
     def _forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], int]:
-        """Total loss L_head + sum_k w_k L_k (Eq. 10 with the OT term), its terms, the hard groups."""
-        stages = [self.cfg.ot.stage] if self.ot_loss is not None else []
+        """This process's total loss L_head + sum_k w_k L_k (Eq. 10 with the OT term), its terms,
+        the hard groups (L_head is the global batch's; the terms are this process's slice's)."""
         with self._autocast():
-            emb, feats = self.backbone.forward_features(images, stages)
-            terms = {"head": self.head(emb, labels)}
+            emb, features = self.model(images)
+            losses = {"head": self.head(emb, labels)}
         weights = {"head": 1.0}
         groups = 0
-        if self.ot_loss is not None:
-            ot = self.ot_loss(feats[self.cfg.ot.stage], emb, labels)
-            terms["ot"], weights["ot"], groups = ot.loss, self.cfg.ot.weight, ot.num_groups
-        for name, loss in self.aux_losses.items():
-            terms[name], weights[name] = loss(emb, labels, head=self.head), self.aux_weights[name]
-        total = sum(weights[k] * v for k, v in terms.items())
-        return total, {k: v.item() for k, v in terms.items()}, groups
+        for term in self.terms:
+            losses[term.name], found = term(emb, labels, self.full_head, features)
+            weights[term.name] = term.weight
+            groups += found
+        total = sum(weights[k] * v for k, v in losses.items())
+        return total, {k: v.item() for k, v in losses.items()}, groups
 
     def _inputs(self, images: torch.Tensor, position: int) -> torch.Tensor:
-        """The network inputs of the batch at ``position`` in the epoch: on the device, as
-        floats, randomly flipped by (seed, epoch, position) when ``data.flip``."""
+        """The network inputs of this process's slice of the batch at ``position`` in the epoch:
+        on the device, as floats, randomly flipped by (seed, epoch, position, place in the global
+        batch) when ``data.flip``."""
         images = images.to(self.device, non_blocking=True)
         if self._worker_transform is None:
             images = network_input(images, self.cfg.model.input_size)
         if self.cfg.data.flip:
-            images = flip_images(images, flip_draws(self.cfg.train.seed, self.state.epoch, position, len(images)))
+            first = self.procs.rank * self.sampler.local_batch_size
+            flips = flip_draws(self.cfg.train.seed, self.state.epoch, position, first + len(images))[first:]
+            images = flip_images(images, flips)
+        if self.cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return images
 
-    def train(self) -> dict[str, Any]:
-        """Run (or continue) training to ``optim.epochs``, then evaluate; returns the results.
+    def _sync_replicated_gradients(self) -> None:
+        """Gradients of the parameters outside DDP that every process holds: the head's replicated
+        ones summed (:meth:`PartialFC.sync_replicated_gradients`), the auxiliary losses' averaged."""
+        if not self.procs.distributed:
+            return
+        self.head.sync_replicated_gradients()
+        for p in self.aux_losses.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.procs.world_size
+
+    def _clip_gradients(self, max_norm: float) -> None:
+        """Scale the gradients so that the norm of the whole model's gradient -- every process's
+        class rows counted once -- is at most ``max_norm``; the same factor on every process."""
+        replicated = [p.grad for _, p, rows in self.named_params if p.grad is not None and not rows]
+        sharded = [p.grad for _, p, rows in self.named_params if p.grad is not None and rows]
+        squares = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for k, grads in enumerate((replicated, sharded)):
+            if grads:
+                squares[k] = torch.stack([g.detach().double().square().sum() for g in grads]).sum()
+        squares[1] = global_sum(squares[1:], self.procs)[0]
+        factor = (max_norm / (squares.sum().sqrt() + 1e-6)).clamp(max=1.0)
+        for g in replicated + sharded:
+            g.mul_(factor.to(g.dtype))
+
+    def step(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> StepResult | None:
+        """One optimiser step over ``batches``, the micro-batches (inputs, labels) of this process.
+
+        DDP synchronises the gradients of the last micro-batch only (``no_sync`` before it); the
+        fp16 gradient scaler scales the loss and skips a step whose gradients overflowed; the
+        gradients are unscaled before clipping. A non-finite loss on any process abandons the
+        step on all of them (None).
+        """
+        sums = torch.zeros(5 + len(self.terms), dtype=torch.float64)
+        for k, (images, labels) in enumerate(batches):
+            last = k == len(batches) - 1
+            sync = contextlib.nullcontext() if last or not self.procs.distributed else self.model.no_sync()
+            with sync:
+                loss, terms, groups = self._forward(images, labels)
+                self.scaler.scale(loss / len(batches)).backward()
+            local = torch.tensor([not math.isfinite(loss.item()), loss.item(), groups, len(labels),
+                                  *terms.values()], dtype=torch.float64)
+            sums += global_sum(local.to(self.device), self.procs).cpu()
+        if sums[0] > 0:
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self._sync_replicated_gradients()
+        if self.cfg.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            self._clip_gradients(self.cfg.optim.grad_clip)
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        # per micro-batch, summed over the processes: the head's loss (the global batch's) once per
+        # process, each term's local value: / world is the global loss and its terms' means
+        world = self.procs.world_size
+        names = ["head", *(term.name for term in self.terms)]
+        return StepResult(loss=sums[1].item() / world, terms={n: v / world for n, v in zip(names, sums[4:].tolist())},
+                          groups=int(sums[2].item()), images=int(sums[3].item()), micro_batches=len(batches),
+                          overflow=self.scaler.is_enabled() and self.scaler.get_scale() < scale)
+
+    def train(self) -> dict[str, Any] | None:
+        """Run (or continue) training to ``optim.epochs``, then evaluate; returns the results on
+        rank 0 (None on the others).
 
         Raises :class:`RunError` kinds when the run cannot go on: it diverged, more data than
         ``data.max_skip_fraction`` was unreadable, or no step was trained at all.
         """
-        cfg = self.cfg
-        save_config(cfg, self.run_dir / "config.yaml")
-        log.info("data: %d images of %d identities; %d optimiser steps per epoch; device %s",
-                 len(self.dataset), self.dataset.num_classes, self.steps_per_epoch, self.device)
+        cfg, procs = self.cfg, self.procs
+        if procs.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        log.info("data: %d images of %d identities; %d optimiser steps per epoch; device %s%s",
+                 len(self.dataset), self.dataset.num_classes, self.steps_per_epoch, self.device,
+                 f"; {procs.world_size} processes" if procs.distributed else "")
         total_steps = self.steps_per_epoch * cfg.optim.epochs
         bar = tqdm(total=total_steps, initial=self.state.step, desc="train", unit="step",
-                   disable=not cfg.train.progress, dynamic_ncols=True)
+                   disable=not (cfg.train.progress and procs.is_main), dynamic_ncols=True)
         while self.state.epoch < cfg.optim.epochs:
             self._train_epoch(bar)
             self.state.epoch += 1
@@ -313,73 +576,68 @@ class Trainer:
             self.save()
             self._check_skipped(self.state.samples)
             if cfg.train.val_interval and self.state.epoch % cfg.train.val_interval == 0 \
-                    and self.state.epoch < cfg.optim.epochs:
+                    and self.state.epoch < cfg.optim.epochs and procs.is_main:
                 self._log_validation(self.validation.evaluate(self.backbone, self.device, progress=False))
         bar.close()
         if self.state.step == 0:
             raise RunError(f"trained no step in {self.state.epoch} epochs: every batch was unreadable "
                            f"({self.state.skipped_samples} samples skipped) or gave a non-finite loss "
                            f"({self.state.skipped_steps} batches)")
-        return self.finish()
+        return self.finish() if procs.is_main else None
+
+    def _micro_batch(self, images: torch.Tensor | None, labels: torch.Tensor | None, bad: list[BadSample],
+                     position: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """This process's inputs and labels of the micro-batch at ``position``, or None when it
+        cannot be trained on: all its samples were unreadable or, with several processes, some
+        sample of any process was (every process then drops it). Samples drawn and lost are
+        counted over all processes."""
+        lost = len(bad)
+        counts = torch.tensor([lost + (0 if labels is None else len(labels)), lost, images is None,
+                               bool(bad) and self.cfg.data.on_error == "raise"], dtype=torch.float64)
+        drawn, lost_all, empty, stop = global_sum(counts.to(self.device), self.procs).tolist()
+        self.state.samples += int(drawn)
+        if stop:
+            if bad and self.cfg.data.on_error == "raise":
+                raise bad[0].error
+            raise RunError("another process stopped on an unreadable training sample (data.on_error=raise): "
+                           "its message names the file and record")
+        self._handle_bad(bad, int(lost_all))
+        if empty or (self.procs.distributed and lost_all):
+            return None
+        return self._inputs(images, position), labels.to(self.device, non_blocking=True)
 
     def _train_epoch(self, bar: tqdm) -> None:
         cfg, st = self.cfg, self.state
         accum = cfg.optim.grad_accum
         micro_batches = self.steps_per_epoch * accum
-        self.backbone.train()
+        self.model.train()
         self.head.train()
-        micro = 0
+        self.aux_losses.train()
         last = time.perf_counter()
         lr = self._set_lr()
-        self.optimizer.zero_grad(set_to_none=True)
+        group: list[tuple[torch.Tensor, torch.Tensor]] = []
+        consumed = 0  # micro-batches drawn since the last step, usable or not
         for images, labels, bad in self._loader():
-            position = st.batch_in_epoch + micro
+            position = st.batch_in_epoch + consumed
             if position >= micro_batches:
                 break
-            st.samples += len(bad) + (0 if labels is None else len(labels))
-            self._handle_bad(bad)
-            if images is None:
-                st.batch_in_epoch += micro + 1
-                micro = 0
-                self.optimizer.zero_grad(set_to_none=True)
+            consumed += 1
+            if isinstance(self.head, PartialFC):
+                self.head.draw_key = (st.epoch, position)
+            batch = self._micro_batch(images, labels, bad, position)
+            if batch is not None:
+                group.append(batch)
+            if len(group) < accum:
                 continue
-            images = self._inputs(images, position)
-            labels = labels.to(self.device, non_blocking=True)
-            loss, terms, groups = self._forward(images, labels)
-            if not torch.isfinite(loss):
-                st.bad_in_row += 1
-                st.skipped_steps += 1
-                log.warning("non-finite loss (%s) at epoch %d step %d: micro-batch skipped (%d skipped in all)",
-                            loss.item(), st.epoch, st.step, st.skipped_steps)
-                if st.bad_in_row >= cfg.train.max_bad_steps:
-                    raise NonFiniteLossError(
-                        f"{st.bad_in_row} consecutive non-finite losses (train.max_bad_steps="
-                        f"{cfg.train.max_bad_steps}) at epoch {st.epoch} step {st.step}; the run diverged "
-                        f"(optim.lr={cfg.optim.lr:g} may be too high); {self._last_good()}")
-                self.optimizer.zero_grad(set_to_none=True)
-                st.batch_in_epoch += micro + 1
-                micro = 0
+            result = self.step(group)
+            st.batch_in_epoch += consumed
+            consumed = 0
+            group = []
+            if result is None:
+                self._count_non_finite()
                 continue
             st.bad_in_row = 0
-            (loss / accum).backward()
-            micro += 1
-            window = st.window
-            window["loss"] += loss.item()
-            for name, value in terms.items():
-                window["terms"][name] = window["terms"].get(name, 0.0) + value
-            window["groups"] += groups
-            window["n"] += 1
-            window["images"] += images.shape[0]
-            st.images += images.shape[0]
-            st.hard_groups += groups
-            if micro < accum:
-                continue
-            if cfg.optim.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            st.batch_in_epoch += micro
-            micro = 0
+            self._count(result)
             st.step += 1
             now = time.perf_counter()
             st.seconds += now - last
@@ -390,6 +648,32 @@ class Trainer:
                 self._log_window(lr, bar)
             if cfg.train.checkpoint_steps and st.step % cfg.train.checkpoint_steps == 0:
                 self.save()
+
+    def _count_non_finite(self) -> None:
+        cfg, st = self.cfg, self.state
+        st.bad_in_row += 1
+        st.skipped_steps += 1
+        log.warning("non-finite loss at epoch %d step %d: step skipped (%d skipped in all)",
+                    st.epoch, st.step, st.skipped_steps)
+        if st.bad_in_row >= cfg.train.max_bad_steps:
+            raise NonFiniteLossError(
+                f"{st.bad_in_row} consecutive non-finite losses (train.max_bad_steps="
+                f"{cfg.train.max_bad_steps}) at epoch {st.epoch} step {st.step}; the run diverged "
+                f"(optim.lr={cfg.optim.lr:g} may be too high); {self._last_good()}")
+
+    def _count(self, result: StepResult) -> None:
+        """Add a step's global figures to the log window and the run's totals."""
+        st, window = self.state, self.state.window
+        images = result.images
+        window["loss"] += result.loss
+        for name, value in result.terms.items():
+            window["terms"][name] = window["terms"].get(name, 0.0) + value
+        window["groups"] += result.groups
+        window["n"] += result.micro_batches
+        window["images"] += images
+        st.images += images
+        st.hard_groups += result.groups
+        st.overflow_steps += result.overflow
 
     # ----------------------------------------------------------------------------- unreadable data
     def _check_records_left_out(self, root: Path) -> None:
@@ -403,15 +687,13 @@ class Trainer:
             raise RunError(f"{len(skipped)} of the {total} records of {root} are unreadable, more than "
                            f"data.max_skip_fraction={self.cfg.data.max_skip_fraction:g}; first: {skipped[0][1]}")
 
-    def _handle_bad(self, bad: list[BadSample]) -> None:
-        """Raise the first unreadable sample's error (``data.on_error=raise``), or count and log
-        them, stopping once more samples were skipped than ``data.max_skip_fraction`` allows."""
-        if not bad:
+    def _handle_bad(self, bad: list[BadSample], lost: int) -> None:
+        """Count the ``lost`` samples of all processes, log and keep this process's ``bad`` ones,
+        and stop once more samples were skipped than ``data.max_skip_fraction`` allows."""
+        if not lost:
             return
-        if self.cfg.data.on_error == "raise":
-            raise bad[0].error
+        self.state.skipped_samples += lost
         for sample in bad:
-            self.state.skipped_samples += 1
             if len(self.state.bad_samples) < KEPT_BAD_SAMPLES:
                 self.state.bad_samples.append([sample.index, sample.reason])
             log.warning("skipped sample %d (%d skipped in all): %s", sample.index, self.state.skipped_samples,
@@ -475,6 +757,10 @@ class Trainer:
                 "final_loss": rows[-1]["loss"] if rows else math.nan,
                 "history": st.history,
                 "resumes": st.resumes,
+                "world_size": self.procs.world_size,
+                "amp": self.cfg.train.amp,
+                "loss_scale": self.scaler.get_scale() if self.scaler.is_enabled() else None,
+                "overflow_steps": st.overflow_steps,
             },
             "config": self.cfg.to_dict(),
         }

@@ -61,7 +61,8 @@ def test_safe_changes_are_applied_and_recorded(trained, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["train"]["epochs"] == 2
     assert results["train"]["resumes"] == [{"step": 4, "changes": {"optim.epochs": [1, 2],
-                                                                   "train.log_interval": [1, 2]}}]
+                                                                   "train.log_interval": [1, 2]},
+                                                       "world_size": [1, 1]}]
     assert "resumed at step 4 with optim.epochs 1 -> 2, train.log_interval 1 -> 2" in capsys.readouterr().out
 
     assert main(["train", "--resume", "--out", str(out), "optim.epochs=1"]) == 2
