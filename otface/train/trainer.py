@@ -37,7 +37,7 @@ from otface.data.skipping import BadSample, collate_skipping
 from otface.data.transforms import flip_draws, flip_images, network_input
 from otface.errors import ConfigError, ModelFileError, RunError
 from otface.heads import build_head
-from otface.heads.partial_fc import PartialFC, init_class_rows, shard_bounds
+from otface.heads.partial_fc import PartialFC, gradient_scaled, init_class_rows, shard_bounds
 from otface.losses import OTLoss, build_aux_loss
 from otface.models import build_backbone
 from otface.train.checkpoint import check_entries, load_checkpoint, load_into, save_checkpoint
@@ -466,7 +466,11 @@ class Trainer:
         the hard groups (L_head is the global batch's; the terms are this process's slice's)."""
         with self._autocast():
             emb, features = self.model(images)
-            losses = {"head": self.head(emb, labels)}
+            # the head's loss is the global batch's on every process, so its gradient reaches each
+            # process's embeddings exactly; DDP averages the backbone's gradients over the processes
+            # (right for the terms, local means): the head's part is scaled to compensate
+            head_input = gradient_scaled(emb, self.procs.world_size) if self.procs.distributed else emb
+            losses = {"head": self.head(head_input, labels)}
         weights = {"head": 1.0}
         groups = 0
         for term in self.terms:
@@ -507,12 +511,13 @@ class Trainer:
         class rows counted once -- is at most ``max_norm``; the same factor on every process."""
         replicated = [p.grad for _, p, rows in self.named_params if p.grad is not None and not rows]
         sharded = [p.grad for _, p, rows in self.named_params if p.grad is not None and rows]
-        squares = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for k, grads in enumerate((replicated, sharded)):
-            if grads:
-                squares[k] = torch.stack([g.detach().double().square().sum() for g in grads]).sum()
-        squares[1] = global_sum(squares[1:], self.procs)[0]
-        factor = (max_norm / (squares.sum().sqrt() + 1e-6)).clamp(max=1.0)
+
+        def squares(grads: list[torch.Tensor]) -> torch.Tensor:
+            return sum((g.detach().double().square().sum() for g in grads), torch.zeros((), dtype=torch.float64,
+                                                                                     device=self.device))
+
+        total = squares(replicated) + global_sum(squares(sharded).reshape(1), self.procs)[0]
+        factor = (max_norm / (total.sqrt() + 1e-6)).clamp(max=1.0)
         for g in replicated + sharded:
             g.mul_(factor.to(g.dtype))
 
