@@ -23,14 +23,15 @@ Measured per configuration:
   (CUDA synchronised around each);
 - peak MB: the most memory the step holds beyond what was allocated before it (the weight and the
   embeddings, no gradient yet). On CUDA, ``torch.cuda.max_memory_allocated`` over the timed steps
-  minus ``memory_allocated`` before them (after the warm-up, its gradients released). On the CPU torch's allocations are not tracked (tracemalloc
-  does not see them), so each configuration runs in a fresh process (multiprocessing, spawn) and
-  the figure is the growth of its resident set high-water mark (``ru_maxrss``) during the first
-  step over the resident set just before it. That process first runs a step of a 16-class head,
-  so that torch's lazy set-up on first use (thread pools, kernel buffers: about 12 MB) is not
-  counted, and building the head leaves no freed memory behind, so the high-water mark is the
-  resident set when the step starts; the figure is then good to about a MB (the allocator may
-  reuse memory it kept). A step that does not raise the mark is shown as "<= MB";
+  minus ``memory_allocated`` before them (after the warm-up, its gradients released). On the CPU
+  torch's allocations are not tracked (tracemalloc does not see them), so each configuration runs
+  in a fresh process (multiprocessing, spawn) and the figure is the growth of its resident set's
+  high-water mark (``ru_maxrss``) during the first step over the resident set just before it.
+  That process first runs a step of a 16-class head, so that torch's lazy set-up on first use
+  (thread pools, kernel buffers: about 12 MB) is not counted; building the head leaves no freed
+  memory behind, so the high-water mark is the resident set when the step starts, and the figure
+  is good to about a MB (the allocator may reuse memory it kept). A step that does not raise the
+  mark is shown as "<= MB";
 - state MB: weight + gradient + SGD momentum, 3 C_k E float32 (computed, not measured), what the
   process keeps between steps.
 
@@ -67,7 +68,9 @@ from otface.heads.partial_fc import PartialFC
 from otface.train.distributed import resolve_device
 
 MB = 2**20
-STEP_TEMPORARIES = 8  # (B, S) float32 tensors a step is assumed to hold at once, for the skip estimate
+# float32 temporaries a step holds at once, for the skip estimate (measured on the CPU: about 4 of each)
+ROW_TEMPORARIES = 4  # (S, E): the rows scored, normalised, their gradients
+LOGIT_TEMPORARIES = 5  # (B, S): scores, logits, exponentials, their gradients
 FIRST_USE_CLASSES = 16  # the head of the CPU process's first step, run before the measured one
 
 
@@ -116,10 +119,11 @@ def scored_classes(held: int, rate: float, batch: int) -> int:
 
 
 def estimated_bytes(s: Setting) -> int:
-    """The footprint assumed for skipping: the state, the S normalised weight rows and their
-    gradient, and :data:`STEP_TEMPORARIES` (B, S) float32 tensors."""
+    """The footprint assumed for skipping: the state (weight, gradient, momentum) and the step's
+    :data:`ROW_TEMPORARIES` (S, E) and :data:`LOGIT_TEMPORARIES` (B, S) float32 temporaries."""
     scored = scored_classes(s.held, s.rate, s.batch)
-    return state_bytes(s.held, s.embedding) + 4 * (2 * scored * s.embedding + STEP_TEMPORARIES * s.batch * scored)
+    step = ROW_TEMPORARIES * scored * s.embedding + LOGIT_TEMPORARIES * s.batch * scored
+    return state_bytes(s.held, s.embedding) + 4 * step
 
 
 def rss_bytes() -> int:

@@ -55,6 +55,19 @@ def test_cuda_without_cuda_is_one_line(tmp_path, cache, capsys):
     assert "device 'cuda': CUDA is not available here" in line
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("key", ["train.compile", "train.channels_last", "train.sync_bn"])
+def test_cuda_options_on_the_cpu_are_one_line(tmp_path, cache, capsys, key):
+    line = one_line_error(capsys, ["train", "--out", str(tmp_path / "run"), *TINY, cache, f"{key}=true"])
+    assert f"{key}=true needs a CUDA device; this run trains on cpu" in line
+
+
+def test_discface_with_a_sampled_head_is_one_line(tmp_path, cache, capsys):
+    line = one_line_error(capsys, ["train", "--out", str(tmp_path / "run"), *TINY, cache, "head.sample_rate=0.5",
+                                   "losses.discface={weight: 0.1}"])
+    assert "losses.discface reads every class centre" in line
+
+
 def _image_folder(tmp_path, cache):
     root, val = prepare_data(load_config(None, TINY + [cache]).data, progress=False)
     from otface.data.unpack import unpack_records

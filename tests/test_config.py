@@ -50,6 +50,9 @@ def test_int_accepted_for_float_and_round_trip(tmp_path):
         (["optim.milestones=[5, .inf]"], "optim.milestones must be numbers > 0"),
         (["losses.center={weight: .nan}"], "losses.center must be"),
         (["optim.lr=[1"], "override 'optim.lr=[1': not a YAML value"),
+        (["head.sample_rate=0"], "head.sample_rate: must be > 0"),
+        (["head.sample_rate=1.5"], "head.sample_rate: must be <= 1"),
+        (["train.compile=yes please"], "train.compile: expected true/false"),
     ],
 )
 def test_bad_keys_and_values_are_errors(override, message):

@@ -12,9 +12,11 @@ import time
 import pytest
 import torch
 
+from otface.cli import main
 from otface.config import load_config
+from otface.errors import ConfigError
 from otface.heads.partial_fc import PartialFC
-from otface.train.distributed import init_distributed
+from otface.train.distributed import init_distributed, training_device
 from otface.train.schedule import lr_factor
 from otface.train.trainer import Trainer
 from support.runs import TINY
@@ -168,3 +170,34 @@ def test_resumed_from_two_processes_on_three(tmp_path, cache):
     _finished(_train(out, cache, 2, "optim.epochs=3"))
     _finished(_train(out, cache, 3, f"optim.epochs={EPOCHS}", resume=True))
     _check_schedule(out, [2, 3])
+
+
+# --------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("env, setting, message", [
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "cuda:1", "each process trains on its LOCAL_RANK GPU"),
+    ({"WORLD_SIZE": "two"}, "cpu", "WORLD_SIZE='two' is not a number of processes"),
+])
+def test_launch_settings_that_cannot_work_are_config_errors(monkeypatch, env, setting, message):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=message):
+        training_device(setting)
+
+
+def test_an_old_or_mismatched_checkpoint_is_refused_in_one_line(tmp_path, cache, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY, cache, "optim.epochs=1", "ot.weight=0"]) == 0
+    good = torch.load(out / "last.pt", weights_only=True)
+    for change, message in [
+        (lambda c: c.pop("format"), "a checkpoint of format 1; this version of otface resumes format 2"),
+        (lambda c: c["optimizer"]["state"].update({"backbone.nothing": {}}), "state for parameters this run does not"),
+        (lambda c: c["head"].update(weight=c["head"]["weight"][:5]), "its head does not fit this run's"),
+    ]:
+        bad = dict(good, optimizer={**good["optimizer"], "state": dict(good["optimizer"]["state"])},
+                   head=dict(good["head"]))
+        change(bad)
+        torch.save(bad, out / "last.pt")
+        capsys.readouterr()
+        assert main(["train", "--resume", "--out", str(out), "optim.epochs=2"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("otface: error") == 1 and "Traceback" not in err, err
