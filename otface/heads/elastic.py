@@ -23,7 +23,9 @@ class ElasticMargin(MarginHead):
     next lowest the next largest, and so on, so the margin is non-increasing in cos(theta_y). The
     authors' code instead indexes the sorted margins with the sort permutation of the cosines
     (``margin[argsort(cos, descending)]``), which is not a monotone assignment; we follow the rule
-    the paper states. Ranks are taken within the batch on each process, as in the authors' code.
+    the paper states. Ranks are taken within the batch -- with the head sharded over processes
+    (:class:`~otface.heads.partial_fc.PartialFC`), the global batch; the authors' code ranks each
+    process's own batch.
 
     The margins are constants for autograd; the ranking uses the detached cosines.
 

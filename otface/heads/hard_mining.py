@@ -78,8 +78,9 @@ class HardMining(MiningHead):
     (xiaoboCASIA/SV-X-Softmax ``loss.py``, ``loss_type='HardMining'``, whose ``save_rate=0.9`` is
     the default here; it keeps none when ratio * N < 1). The selection is not differentiated; the
     other samples get no gradient. Ties at the cut keep the lower batch index (a stable sort; the
-    authors' ``argsort`` leaves ties in any order). Under data parallelism each process keeps the
-    hardest of its own batch, as the authors' code does.
+    authors' ``argsort`` leaves ties in any order). With the head sharded over processes
+    (:class:`~otface.heads.partial_fc.PartialFC`) the hardest of the global batch are kept; the
+    authors' code keeps the hardest of each process's own batch.
 
     Args:
         head: the head to wrap.

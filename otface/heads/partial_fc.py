@@ -11,7 +11,9 @@ from a distributed log-sum-exp:
 so no process ever holds C-wide logits. Heads that need the target of every sample (the margin,
 CurricularFace's t, MV-Softmax's mis-classified negatives, SphereFace's scale) get the target
 score from the process that holds it (an all-reduce of the masked gather); HM-Softmax and the
-focal loss re-weight the per-sample losses of the global batch. Every process computes the same
+focal loss re-weight the per-sample losses of the global batch; ElasticFace draws its margins for
+the global batch from torch's random stream, which stays the same on every process (the trainer
+seeds it alike everywhere and builds the head outside it). Every process computes the same
 loss, the global mean; its gradient is scaled so that the sum over processes is the gradient of
 that one loss (each weight row gets its true gradient once).
 
