@@ -36,7 +36,7 @@ from otface.data.samplers import PKBatchSampler, RandomBatchSampler
 from otface.data.skipping import BadSample, collate_skipping
 from otface.data.transforms import flip_draws, flip_images, network_input
 from otface.errors import ConfigError, ModelFileError, RunError
-from otface.heads import build_head
+from otface.heads import MiningHead, build_head
 from otface.heads.partial_fc import PartialFC, gradient_scaled, init_class_rows, shard_bounds
 from otface.losses import OTLoss, build_aux_loss
 from otface.models import build_backbone
@@ -222,11 +222,13 @@ class Trainer:
             raise ConfigError("train.sync_bn=true synchronises several processes: launch with torchrun")
 
     def _prepare_data(self) -> tuple[Path, dict[str, Path]]:
-        """The data folders; rank 0 generates the synthetic set while the others wait, then find it cached."""
-        if self.procs.is_main:
-            found = prepare_data(self.cfg.data, progress=self.cfg.train.progress)
+        """The data folders; the first process of each machine generates the synthetic set (into
+        that machine's cache) while the others wait, then find it cached."""
+        first = self.procs.local_rank == 0
+        if first:
+            found = prepare_data(self.cfg.data, progress=self.cfg.train.progress and self.procs.is_main)
         barrier(self.procs)
-        return found if self.procs.is_main else prepare_data(self.cfg.data, progress=False)
+        return found if first else prepare_data(self.cfg.data, progress=False)
 
     def _build_head(self) -> nn.Module:
         """The head over this process's classes: the plain head for one process scoring every
@@ -242,7 +244,7 @@ class Trainer:
             raise ConfigError(f"{classes} classes cannot be split between {procs.world_size} processes")
         with torch.random.fork_rng(devices=[]):
             head = build_head(cfg.head.name, cfg.model.embedding_size, hi - lo, **cfg.head.params)
-        inner = head.head if hasattr(head, "reduce") else head
+        inner = head.head if isinstance(head, MiningHead) else head
         init_class_rows(inner.weight.data, lo, cfg.train.seed)
         if sharded:
             head = PartialFC(head, classes, rank=procs.rank, world_size=procs.world_size,

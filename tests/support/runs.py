@@ -1,4 +1,10 @@
-"""The tiny training run of the trainer tests: seconds on one core."""
+"""The tiny training run of the trainer tests (seconds on one core), and running it in subprocesses."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 TINY = [
     "data.synthetic.num_identities=12",
@@ -18,3 +24,23 @@ TINY = [
     "train.log_interval=1",
     "train.threads=1",
 ]
+
+
+def finished(proc: subprocess.Popen) -> None:
+    """Wait for a training subprocess; it must succeed (its stderr tail is the failure message)."""
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+
+
+def kill_at_step(proc: subprocess.Popen, log: Path, step: int) -> None:
+    """kill -9 ``proc`` -- and every process of its session, if it leads one (torchrun's
+    workers) -- as soon as its log shows optimiser step ``step``."""
+    deadline = time.monotonic() + 300
+    while f" step {step} |" not in (log.read_text() if log.exists() else ""):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.005)
+    if os.getsid(proc.pid) == proc.pid:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -3,11 +3,9 @@ gradient scaler, and torchrun runs killed with kill -9 and resumed on another nu
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ from otface.heads.partial_fc import PartialFC
 from otface.train.distributed import init_distributed, training_device
 from otface.train.schedule import lr_factor
 from otface.train.trainer import Trainer
-from support.runs import TINY
+from support.runs import TINY, finished, kill_at_step
 
 # BN-free in effect (the backbone is stepped in eval mode: batch norm from its running statistics),
 # so the global batch, not its split, fixes the step; the center loss and clipping are global too
@@ -126,21 +124,6 @@ def _train(out, cache, processes, *extra, resume=False):
                             start_new_session=True)
 
 
-def _finished(proc):
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-
-
-def _kill_at_step(proc, log, step):
-    """kill -9 the launcher and every process it started once the log shows optimiser step ``step``."""
-    deadline = time.monotonic() + 300
-    while f" step {step} |" not in (log.read_text() if log.exists() else ""):
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 def _check_schedule(out, processes):
     """Every optimiser step once, in order, at the learning rate the schedule gives it."""
     t = json.loads((out / "results.json").read_text())["train"]
@@ -158,17 +141,17 @@ def _check_schedule(out, processes):
 @pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
 def test_killed_and_resumed_on_another_number_of_processes(tmp_path, cache, first, then):
     out = tmp_path / "run"
-    _kill_at_step(_train(out, cache, first), out / "train.log", 5)
+    kill_at_step(_train(out, cache, first), out / "train.log", 5)
     state = torch.load(out / "last.pt", weights_only=True)["train_state"]
     assert 0 < state["step"] < STEPS_PER_EPOCH * EPOCHS and state["world_size"] == first
-    _finished(_train(out, cache, then, resume=True))
+    finished(_train(out, cache, then, resume=True))
     _check_schedule(out, [first, then])
 
 
 def test_resumed_from_two_processes_on_three(tmp_path, cache):
     out = tmp_path / "run"
-    _finished(_train(out, cache, 2, "optim.epochs=3"))
-    _finished(_train(out, cache, 3, f"optim.epochs={EPOCHS}", resume=True))
+    finished(_train(out, cache, 2, "optim.epochs=3"))
+    finished(_train(out, cache, 3, f"optim.epochs={EPOCHS}", resume=True))
     _check_schedule(out, [2, 3])
 
 

@@ -2,13 +2,12 @@
 resumed -- with the default random flips, loader worker and CPU threads."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import torch
+
+from support.runs import finished, kill_at_step
 
 ARGS = [
     "data.synthetic.num_identities=12", "data.synthetic.images_per_identity=12", "data.synthetic.num_pairs=40",
@@ -24,21 +23,6 @@ def _train(out, cache, *extra):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def _finished(proc):
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-
-
-def _kill_at_step(proc, log, step):
-    """kill -9 ``proc`` as soon as its log shows optimiser step ``step``."""
-    deadline = time.monotonic() + 300
-    while f" step {step} |" not in (log.read_text() if log.exists() else ""):
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 def _figures(out):
     results = json.loads((out / "results.json").read_text())
     history = [{k: v for k, v in row.items() if k != "images_per_second"} for row in results["train"]["history"]]
@@ -48,13 +32,13 @@ def _figures(out):
 
 def test_same_seed_same_run_interrupted_or_not(tmp_path):
     cache = tmp_path / "cache"
-    _finished(_train(tmp_path / "a", cache))  # also generates the data, so the runs below only train
-    _finished(_train(tmp_path / "b", cache))
+    finished(_train(tmp_path / "a", cache))  # also generates the data, so the runs below only train
+    finished(_train(tmp_path / "b", cache))
     killed = _train(tmp_path / "c", cache)
-    _kill_at_step(killed, tmp_path / "c" / "train.log", 3)
+    kill_at_step(killed, tmp_path / "c" / "train.log", 3)
     state = torch.load(tmp_path / "c" / "last.pt", weights_only=True)["train_state"]
     assert state["epoch"] == 0 and 0 < state["batch_in_epoch"] < 9  # killed mid-epoch
-    _finished(_train(tmp_path / "c", cache, "--resume"))
+    finished(_train(tmp_path / "c", cache, "--resume"))
 
     a, b, c = (_figures(tmp_path / name) for name in "abc")
     for other in (b, c):
