@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -197,7 +198,7 @@ class Trainer:
         self.optimizer = torch.optim.SGD(
             self.params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
+        self.scaler = self._build_scaler()
         self.sampler = self._build_sampler()
         self.steps_per_epoch = len(self.sampler) // cfg.optim.grad_accum
         if self.steps_per_epoch < 1:
@@ -275,6 +276,14 @@ class Trainer:
         if self.cfg.train.compile:
             model = torch.compile(model)
         return model
+
+    def _build_scaler(self) -> torch.amp.GradScaler:
+        """fp16's loss scaler; with several processes one that skips a step on all of them when the
+        gradients of any overflowed (each holds other class rows)."""
+        enabled = self.cfg.train.amp == "fp16"
+        if self.procs.distributed:
+            return ShardedGradScaler(self.device.type, enabled=enabled, process_group=torch.distributed.group.WORLD)
+        return torch.amp.GradScaler(self.device.type, enabled=enabled)
 
     @property
     def full_head(self) -> nn.Module:

@@ -85,7 +85,7 @@ def test_a_ddp_step_equals_the_one_process_step_on_the_global_batch(tmp_path, ca
 
 def test_the_fp16_scaler_skips_and_counts_an_overflow_step(tmp_path, cache):
     trainer = Trainer(load_config(None, TINY + [cache, "train.amp=fp16", "ot.weight=0"]), tmp_path)
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1.0)  # no overflow of its own at this scale
+    trainer.scaler.load_state_dict(trainer.scaler.state_dict() | {"scale": 1.0})  # no overflow of its own
     images, labels, bad = next(iter(trainer._loader()))
     batch = [trainer._micro_batch(images, labels, bad, 0)]
     forward = trainer._forward
@@ -100,6 +100,30 @@ def test_the_fp16_scaler_skips_and_counts_an_overflow_step(tmp_path, cache):
     result = trainer.step(batch)
     assert not result.overflow and trainer.scaler.get_scale() == 0.5
     assert not torch.equal(before["fc.weight"], trainer.backbone.fc.weight)
+
+
+def _overflow_worker(rank, world_size, port, out, overrides):
+    os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    trainer = Trainer(load_config(None, overrides), f"{out}/run", init_distributed(torch.device("cpu")))
+    trainer.scaler.load_state_dict(trainer.scaler.state_dict() | {"scale": 1.0})  # no overflow of its own
+    if rank == 1:  # an overflow in this process's class rows only
+        trainer.full_head.weight.register_hook(lambda grad: grad * float("inf"))
+    images, labels, bad = next(iter(trainer._loader()))
+    before = trainer.backbone.fc.weight.detach().clone()
+    result = trainer.step([trainer._micro_batch(images, labels, bad, 0)])
+    torch.save({"overflow": result.overflow, "stepped": not torch.equal(before, trainer.backbone.fc.weight),
+                "scale": trainer.scaler.get_scale()}, f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_an_overflow_in_one_process_skips_the_step_in_all(tmp_path, cache):
+    overrides = TINY + [cache, "train.amp=fp16", "ot.weight=0"]
+    torch.multiprocessing.start_processes(_overflow_worker, args=(2, free_port(), str(tmp_path), overrides),
+                                          nprocs=2, start_method="fork")
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got == {"overflow": True, "stepped": False, "scale": 0.5}
 
 
 def test_results_report_amp_the_loss_scale_and_overflow_steps(tmp_path, cache):
