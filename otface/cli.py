@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import yaml
 from tqdm.auto import tqdm
 
 from otface.config import Config, config_from_dict, describe, load_config
@@ -145,13 +146,32 @@ def _process_prefix() -> str:
     return f"[rank {os.environ['RANK']}] " if os.environ.get("WORLD_SIZE", "1") != "1" and "RANK" in os.environ else ""
 
 
+def cmd_configs(args: argparse.Namespace) -> int:
+    from otface.config import config_description, packaged_configs
+
+    recipes = packaged_configs()
+    width = max(map(len, recipes))
+    for name, path in recipes.items():
+        print(f"{name:<{width}}  {config_description(path)}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.list_keys:
         for key, typ, default, help_text in describe():
             print(f"{key} ({typ}, default {default!r}): {help_text}")
         return 0
-    from otface.train.distributed import broadcast_value, close_distributed, init_distributed, training_device
     from otface.train.run_folder import CHECKPOINT, hold_run_folder
+
+    if args.print_config:
+        if args.resume:
+            run_dir = Path(args.out) if args.out else _latest_run(CHECKPOINT)
+            cfg = _resumed_config(args, run_dir / CHECKPOINT)[0]
+        else:
+            cfg = load_config(args.config, args.overrides)
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    from otface.train.distributed import broadcast_value, close_distributed, init_distributed, training_device
 
     with contextlib.ExitStack() as stack:
         stack.callback(close_distributed)
@@ -368,12 +388,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model (default: OTFace on synthetic faces) and evaluate it")
-    train.add_argument("--config", type=Path, help="YAML config file (see configs/)")
+    train.add_argument("--config", help="YAML config file, or the name of a packaged recipe (`otface configs`)")
     train.add_argument("--out", help="run folder (default: runs/<time>-<head>[-ot])")
     train.add_argument("--resume", action="store_true", help="continue the run in --out (or the latest run)")
     train.add_argument("--list-keys", action="store_true", help="print every config key with its default and help")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved config (file, overrides; with --resume the checkpoint's) and exit")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05")
     train.set_defaults(func=cmd_train)
+
+    configs = sub.add_parser("configs", help="list the recipes shipped with otface (names for --config)")
+    configs.set_defaults(func=cmd_configs)
 
     from otface.config import SynthSection
 

@@ -11,6 +11,7 @@ override naming a key that does not exist is an error, never silently ignored (S
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import re
 import typing
@@ -267,6 +268,35 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return tree
 
 
+def packaged_configs() -> dict[str, Path]:
+    """{name: path} of the recipes shipped inside the package (``otface/configs``): the file name
+    without ``.yaml``, ``recipes/<name>`` for the shared bases."""
+    root = Path(str(importlib.resources.files("otface") / "configs"))
+    return {path.relative_to(root).with_suffix("").as_posix(): path for path in sorted(root.rglob("*.yaml"))}
+
+
+def config_description(path: Path) -> str:
+    """The first comment line of a config file, without its ``#``."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """A config file: a path that exists, else a packaged recipe of that name (``.yaml`` optional);
+    :class:`ConfigError` listing the packaged names otherwise."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = packaged_configs()
+    name = path.as_posix().removesuffix(".yaml")
+    if name in packaged:
+        return packaged[name]
+    raise ConfigError(f"--config {name_or_path}: no such file, nor a packaged recipe (`otface configs` lists them: "
+                      f"{', '.join(packaged)})")
+
+
 def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The nested dict of a YAML config file, with its ``base:`` file (a path relative to it,
     itself possibly with a base) merged underneath: the file's own keys win."""
@@ -291,13 +321,14 @@ def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[st
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> Config:
     """Defaults, then ``base`` (a nested dict, e.g. a checkpoint's config) or the YAML file at
-    ``path`` (if any, with its ``base:`` chain), then dotted ``overrides``.
+    ``path`` (if any, with its ``base:`` chain; a packaged recipe's name also, :func:`find_config`),
+    then dotted ``overrides``.
 
     Raises ConfigError for an unknown key or a value of the wrong type.
     """
     if path is not None and base is not None:
         raise ValueError("give a config file or a base config, not both")
-    tree = read_config_file(path) if path is not None else dict(base or {})
+    tree = read_config_file(find_config(path)) if path is not None else dict(base or {})
     tree = _merge(tree, parse_overrides(overrides or []))
     cfg = _build(Config, tree)
     validate(cfg)

@@ -1,15 +1,14 @@
 import functools
 import json
-from pathlib import Path
 
 import pytest
 
-from otface.config import load_config
+from otface.config import load_config, packaged_configs
 from otface.heads import build_head
 from otface.losses import build_aux_loss
 from otface.models import build_backbone
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+CONFIGS = [path for name, path in packaged_configs().items() if not name.startswith("recipes/")]
 
 
 @functools.lru_cache(maxsize=None)
