@@ -35,12 +35,11 @@ from pathlib import Path, PurePath
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
-
 from otface.data.skipping import check_on_error, raise_or_skip
 from otface.data.text import numbered_lines
 from otface.data.transforms import read_image
 from otface.errors import ConfigError, DataError, RunError
+from otface.progress import progress_bar
 
 log = logging.getLogger("otface.data")
 
@@ -281,7 +280,7 @@ def align_folder(src: str | os.PathLike, landmarks: str | os.PathLike, dst: str 
     entries = read_landmarks(landmarks)
     outputs = _output_paths(src, dst, landmarks, entries)
     written, skipped = 0, []
-    for entry, out in tqdm(list(zip(entries, outputs)), desc="align", unit="img", disable=not progress):
+    for entry, out in progress_bar(list(zip(entries, outputs)), desc="align", unit="img", enabled=progress):
         where = f"{src / entry.name} (listed in {landmarks}:{entry.lineno})"
         try:
             image = read_image(src / entry.name)

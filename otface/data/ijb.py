@@ -40,13 +40,12 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
-
 from otface.data.align import align_face
 from otface.data.skipping import check_on_error
 from otface.data.text import numbered_lines
 from otface.data.transforms import read_image, to_chw
 from otface.errors import ConfigError, DataError, InputNotFoundError, one_line
+from otface.progress import progress_bar
 
 ALIGNED_SIZE = 112
 NAMES = ("IJBB", "IJBC")
@@ -303,7 +302,7 @@ def iter_ijb_chunks(
     loader = DataLoader(faces, batch_size=chunk_size, shuffle=False, num_workers=num_workers,
                         collate_fn=_collate)
     skipped = 0
-    with tqdm(total=len(faces), desc=f"{meta.name} faces", unit="img", disable=not progress) as bar:
+    with progress_bar(total=len(faces), desc=f"{meta.name} faces", unit="img", enabled=progress) as bar:
         for chunk in loader:
             skipped += len(chunk.failures)
             bar.update(len(chunk.indices) + len(chunk.failures))

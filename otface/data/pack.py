@@ -29,8 +29,6 @@ from typing import Iterator
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
-
 from otface.data.folder import scan_image_folder
 from otface.data.recordio import write_face_dataset
 from otface.data.skipping import check_on_error, raise_or_skip
@@ -38,6 +36,7 @@ from otface.data.staging import staged_files
 from otface.data.text import numbered_lines
 from otface.data.transforms import decode_image
 from otface.errors import ConfigError, DataError, RunError
+from otface.progress import progress_bar
 
 CLASSES_FILE = "classes.txt"
 _DATASET_FILES = ("train.rec", "train.idx", CLASSES_FILE, "property")  # renamed in this order, property last
@@ -164,7 +163,7 @@ def pack_folder(
     skipped: list[tuple[Path, str]] = []
     counts = np.zeros(len(class_names), dtype=np.int64)
     num_reencoded = 0
-    bar = tqdm(total=len(paths), desc="pack", unit="img", disable=not progress)
+    bar = progress_bar(total=len(paths), desc="pack", unit="img", enabled=progress)
 
     def samples(results: Iterator[tuple[bytes, bool] | str]) -> Iterator[tuple[bytes, int]]:
         nonlocal num_reencoded

@@ -49,6 +49,7 @@ from otface.data.binset import write_bin
 from otface.data.recordio import write_face_dataset
 from otface.data.staging import staged_files
 from otface.errors import ConfigError
+from otface.progress import progress_bar
 
 FORMAT_VERSION = 2
 LEVELS = ("train", "easy", "hard")
@@ -1085,7 +1086,7 @@ def generate_synthetic(out_dir: str | os.PathLike, cfg: SynthConfig, progress: b
     start = time.perf_counter()
     total = cfg.num_identities * cfg.images_per_identity + 4 * cfg.num_pairs
     pool = multiprocessing.Pool(cfg.workers) if cfg.workers > 1 else None
-    bar = tqdm(total=total, desc="synthetic faces", unit="img", disable=not progress)
+    bar = progress_bar(total=total, desc="synthetic faces", unit="img", enabled=progress)
     try:
         with staged_files(out, list(_FILES.values())) as tmp:
             tasks = [(cfg.seed, i, cfg.images_per_identity, cfg.image_size) for i in range(cfg.num_identities)]

@@ -12,13 +12,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from otface.data.binset import read_bin
 from otface.data.dataset import RecordDataset
 from otface.data.pack import CLASSES_FILE, read_classes
 from otface.data.recordio import unpack_record
 from otface.errors import DataError
+from otface.progress import progress_bar
 
 
 def _extension(data: bytes) -> str:
@@ -40,8 +39,8 @@ def unpack_records(src: str | os.PathLike, dst: str | os.PathLike, progress: boo
     else:
         names = [f"{label:06d}" for label in range(dataset.num_classes)]
     dst = Path(dst)
-    for key, label in tqdm(zip(dataset.keys.tolist(), dataset.labels.tolist()), total=len(dataset),
-                           desc="unpack", unit="img", disable=not progress):
+    for key, label in progress_bar(zip(dataset.keys.tolist(), dataset.labels.tolist()), total=len(dataset),
+                           desc="unpack", unit="img", enabled=progress):
         _, image = unpack_record(dataset.reader.read(key))
         path = dst / names[label] / f"{key:08d}.{_extension(image)}"
         path.parent.mkdir(parents=True, exist_ok=True)

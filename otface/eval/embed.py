@@ -7,10 +7,9 @@ import itertools
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
-
 from otface.data.transforms import network_input
 from otface.errors import ConfigError, ModelFileError
+from otface.progress import progress_bar
 
 
 def extract_embeddings(
@@ -43,7 +42,7 @@ def extract_embeddings(
     out = []
     try:
         with torch.inference_mode():
-            for start in tqdm(range(0, len(images), batch_size), desc="embed", disable=not progress):
+            for start in progress_bar(range(0, len(images), batch_size), desc="embed", enabled=progress):
                 x = images[start : start + batch_size].to(device, non_blocking=True)
                 emb = model(x).float()
                 if flip:

@@ -23,8 +23,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
 from otface.data.megaface import load_images, read_megaface
 from otface.errors import ConfigError, DataError, RunError
 from otface.eval.embed import embed_images
@@ -32,6 +30,7 @@ from otface.eval.identification import megaface_identification
 from otface.eval.ijb import FARS, ijb_verification
 from otface.eval.model import LoadedModel
 from otface.eval.plots import plot_cmc, plot_roc
+from otface.progress import progress_bar
 from otface.train.evaluate import VerificationSuite, summary_notes
 
 MEGAFACE_FARS = (1e-6,)
@@ -93,7 +92,7 @@ def evaluate_megaface(loaded: LoadedModel, root: str | os.PathLike, report: Eval
         if n == 0:
             raise DataError(f"{list_file}: no MegaFace {which} listed (after noise removal)")
         parts = []
-        for start in tqdm(range(0, n, chunk), desc=f"megaface {which}", disable=not progress):
+        for start in progress_bar(range(0, n, chunk), desc=f"megaface {which}", enabled=progress):
             loaded_images = load_images(lists, which, start, start + chunk, on_error=on_error)
             failed.extend(message for _, message in loaded_images.skipped)
             if len(loaded_images.images):

@@ -9,13 +9,12 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-
 from otface.data.binset import load_verification_set
 from otface.eval.embed import embed_images
 from otface.eval.plots import plot_roc
 from otface.errors import DataError
 from otface.eval.verification import unbalanced_message, verification
+from otface.progress import progress_bar
 
 log = logging.getLogger("otface.eval")
 
@@ -64,7 +63,7 @@ class VerificationSuite:
             progress: bool = False) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray]]]:
         """({set name: summary metrics}, {set name: (fpr, tpr) ROC}) for every set."""
         results, curves = {}, {}
-        for name, (images, issame) in tqdm(self.sets.items(), desc="verify", disable=not progress):
+        for name, (images, issame) in progress_bar(self.sets.items(), desc="verify", enabled=progress):
             emb = embed_images(model, images, self.image_size, self.batch_size, device).numpy()
             try:
                 r = verification(emb[0::2], emb[1::2], np.asarray(issame, dtype=bool))

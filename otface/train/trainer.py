@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from otface.config import Config, save_config
 from otface.data.samplers import PKBatchSampler, RandomBatchSampler
@@ -41,10 +41,12 @@ from otface.heads import MiningHead, build_head
 from otface.heads.partial_fc import PartialFC, gradient_scaled, init_class_rows, shard_bounds
 from otface.losses import OTLoss, build_aux_loss
 from otface.models import build_backbone
+from otface.progress import progress_bar
 from otface.train.checkpoint import check_entries, load_checkpoint, load_into, save_checkpoint
 from otface.train.data import open_training_set, prepare_data
 from otface.train.distributed import SINGLE, Processes, barrier, broadcast_value, global_sum, training_device
-from otface.train.evaluate import VerificationSuite, format_tar
+from otface.train.evaluate import SUMMARY_KEYS, VerificationSuite, format_tar
+from otface.train.metrics import MetricsLog
 from otface.train.run_folder import CHECKPOINT
 from otface.train.schedule import lr_factor
 
@@ -206,6 +208,7 @@ class Trainer:
                               f"{cfg.optim.grad_accum}: lower optim.grad_accum or optim.batch_size")
         self.state = TrainState(world_size=procs.world_size)
         self.saved_step: int | None = None  # the step of the checkpoint in the run folder, if any
+        self.metrics: MetricsLog | None = None  # rank 0's records, while train() runs
         # uint8 batches become float inputs where the model runs; a CPU run with loader workers
         # leaves that to the workers, which have cores to spare while the main process trains
         on_cpu_with_workers = self.device.type == "cpu" and cfg.data.num_workers > 0
@@ -583,8 +586,18 @@ class Trainer:
                  len(self.dataset), self.dataset.num_classes, self.steps_per_epoch, self.device,
                  f"; {procs.world_size} processes" if procs.distributed else "")
         total_steps = self.steps_per_epoch * cfg.optim.epochs
-        bar = tqdm(total=total_steps, initial=self.state.step, desc="train", unit="step",
-                   disable=not (cfg.train.progress and procs.is_main), dynamic_ncols=True)
+        # what a resumed run recorded after its checkpoint is dropped; a new run starts afresh
+        self.metrics = MetricsLog(self.run_dir, self.saved_step or 0) if procs.is_main else None
+        try:
+            return self._train_to_the_end(total_steps)
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+
+    def _train_to_the_end(self, total_steps: int) -> dict[str, Any] | None:
+        cfg, procs = self.cfg, self.procs
+        bar = progress_bar(total=total_steps, initial=self.state.step, desc="train", unit="step",
+                           enabled=cfg.train.progress and procs.is_main, dynamic_ncols=True)
         while self.state.epoch < cfg.optim.epochs:
             self._train_epoch(bar)
             self.state.epoch += 1
@@ -736,6 +749,8 @@ class Trainer:
             "hard_groups": window["groups"] / n, "images_per_second": window["images"] / max(elapsed, 1e-9),
         }
         st.history.append(row)
+        if self.metrics is not None:
+            self.metrics.record("train", st.step, {k: v for k, v in row.items() if k != "step"})
         bar.set_postfix(loss=f"{row['loss']:.3f}", groups=f"{row['hard_groups']:.1f}")
         parts = ", ".join(f"{name} {value / n:.4f}" for name, value in window["terms"].items())
         log.info("epoch %d step %d | lr %.4g | loss %.4f (%s) | hard groups %.1f | %.1f img/s",
@@ -746,12 +761,18 @@ class Trainer:
         for name, r in results.items():
             log.info("val %s: accuracy %.4f ± %.4f, TAR@FAR=%g %s", name, r["accuracy"],
                      r["accuracy_std"], r["far_target"], format_tar(r))
+            if self.metrics is not None:
+                figures = {key: r.get(key) for key in SUMMARY_KEYS}
+                self.metrics.record("validation", self.state.step, {"set": name, **figures}, group=name)
 
     def finish(self) -> dict[str, Any]:
         """Final evaluation, ROC picture and the results (``results.json`` of the run)."""
+        roc = self.run_dir / "roc.png"
         results = self.validation.evaluate(self.backbone, self.device, progress=self.cfg.train.progress,
-                                           roc_path=self.run_dir / "roc.png")
+                                           roc_path=roc)
         self._log_validation(results)
+        if self.metrics is not None:
+            self.metrics.picture("roc", roc, self.state.step)
         st = self.state
         rows = [r for r in st.history if r["images_per_second"] > 0]
         steps = max(st.step, 1)
