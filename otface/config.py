@@ -74,6 +74,8 @@ class ModelSection:
     embedding_size: int = _f(512, "embedding dimension", ge=1)
     input_size: int = _f(56, "square input side in pixels; images are resized if different", ge=16)
     params: dict = _f({"width": 0.25}, "extra keyword arguments of the backbone")
+    init_from: str = _f("", "start from these weights: an otface checkpoint (backbone, and head when the class "
+                            "count matches) or a backbone state dict such as insightface's backbone.pth")
 
 
 @dataclass

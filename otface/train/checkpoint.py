@@ -134,3 +134,22 @@ def check_entries(ckpt: dict[str, Any], path: str | os.PathLike, entries: tuple[
     missing = [key for key in entries if key not in ckpt]
     if missing:
         raise ModelFileError(f"{path}: not an otface training checkpoint (no {', '.join(map(repr, missing))} entry)")
+
+
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """(backbone state, head state or None) of an otface training checkpoint, or of a bare
+    backbone state dict (insightface's model-zoo ``backbone.pth``; a ``module.`` prefix of
+    DataParallel is dropped). Read with ``weights_only=True``; anything else is a
+    :class:`ModelFileError` naming the file."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        raise ModelFileError(f"{path}: an ONNX model holds no weights otface trains from; give the otface "
+                             "checkpoint or the backbone state dict it was exported from")
+    loaded = load_checkpoint(path)
+    if "backbone" in loaded and "config" in loaded:
+        return loaded["backbone"], loaded.get("head")
+    if loaded and all(isinstance(key, str) and torch.is_tensor(value) for key, value in loaded.items()):
+        if all(key.startswith("module.") for key in loaded):
+            loaded = {key.removeprefix("module."): value for key, value in loaded.items()}
+        return loaded, None
+    raise ModelFileError(f"{path}: neither an otface checkpoint nor a state dict of tensors")

@@ -42,7 +42,7 @@ from otface.heads.partial_fc import PartialFC, gradient_scaled, init_class_rows,
 from otface.losses import OTLoss, build_aux_loss
 from otface.models import build_backbone
 from otface.progress import progress_bar
-from otface.train.checkpoint import check_entries, load_checkpoint, load_into, save_checkpoint
+from otface.train.checkpoint import check_entries, load_checkpoint, load_into, read_weights, save_checkpoint
 from otface.train.data import open_training_set, prepare_data
 from otface.train.distributed import SINGLE, Processes, barrier, broadcast_value, global_sum, training_device
 from otface.train.evaluate import SUMMARY_KEYS, VerificationSuite, format_tar
@@ -191,6 +191,8 @@ class Trainer:
                                  num_classes=self.dataset.num_classes, **spec.get("params", {}))
             for name, spec in cfg.losses.items()
         }).to(self.device)
+        if cfg.model.init_from:
+            self._init_from(Path(cfg.model.init_from))
         self.terms = self._build_terms()
         self.model = self._build_model()
         self.validation = VerificationSuite(val_paths, image_size=cfg.model.input_size) if procs.is_main else None
@@ -254,6 +256,22 @@ class Trainer:
             head = PartialFC(head, classes, rank=procs.rank, world_size=procs.world_size,
                              group=procs.head_group, sample_rate=cfg.head.sample_rate, seed=cfg.train.seed)
         return head.to(self.device)
+
+    def _init_from(self, path: Path) -> None:
+        """``model.init_from``: the backbone's weights (they must fit the configured backbone), and
+        the head's when the file has a head over as many classes as this data set."""
+        backbone, head = read_weights(path)
+        load_into(self.backbone, backbone, path, f"its backbone weights do not fit {self.cfg.model.backbone} with "
+                                                 f"model.params={self.cfg.model.params}")
+        classes = self.dataset.num_classes
+        rows = (head or {}).get("head.weight" if isinstance(self.full_head, MiningHead) else "weight")
+        if rows is not None and rows.shape[0] == classes:
+            loader = self.head.load_full_state_dict if isinstance(self.head, PartialFC) else self.head
+            load_into(loader, head, path, "its head does not fit this run's")
+            log.info("initialised the backbone and the head from %s", path)
+        else:
+            log.info("initialised the backbone from %s; the head starts afresh (%s)", path,
+                     "the file has none" if rows is None else f"{rows.shape[0]} classes there, {classes} here")
 
     def _build_terms(self) -> list[LossTerm]:
         o = self.cfg.ot
