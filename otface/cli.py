@@ -251,9 +251,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from otface.eval.model import export_backbone
+    from otface.eval.model import export_backbone, export_checkpoint_onnx, onnx_support
 
-    print(f"exported {export_backbone(args.checkpoint, args.out)}")
+    if args.out.suffix != ".onnx":
+        print(f"exported {export_backbone(args.checkpoint, args.out)}")
+        return 0
+    out = export_checkpoint_onnx(args.checkpoint, args.out)
+    broken = onnx_support().validate_onnx(out)
+    if broken:  # otface's own export breaking a rule is a bug
+        raise AssertionError(f"{out} breaks the ONNX model rules: {'; '.join(broken)}")
+    print(f"exported {out} (one file, dynamic batch, float32; passes the insightface model-validator rules)")
     return 0
 
 
@@ -415,8 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(sub)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint or exported model on benchmarks; write tables and plots")
-    ev.add_argument("model", type=Path, help="training checkpoint (runs/<run>/last.pt) or exported model (.pt2, "
-                                             "with --trust-model)")
+    ev.add_argument("model", type=Path, help="training checkpoint (runs/<run>/last.pt), ONNX model (.onnx) or "
+                                             "exported program (.pt2, with --trust-model)")
     ev.add_argument("--trust-model", action="store_true",
                     help="load an exported .pt2 model: torch.export.load unpickles it, which runs any code the "
                          "file holds, so pass this only for a file you made or trust (checkpoints never need it)")
@@ -436,9 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--skip-bad", action="store_true", help="leave unreadable IJB/MegaFace images out, count them")
     ev.set_defaults(func=cmd_eval)
 
-    export = sub.add_parser("export", help="export a checkpoint's backbone as a torch.export program (.pt2)")
+    export = sub.add_parser("export", help="export a checkpoint's backbone as ONNX (.onnx, for onnxruntime, TensorRT, "
+                                           "insightface) or a torch.export program (.pt2)")
     export.add_argument("checkpoint", type=Path, help="training checkpoint (runs/<run>/last.pt)")
-    export.add_argument("out", type=Path, help="output file (.pt2)")
+    export.add_argument("out", type=Path, help="output file: .onnx, or .pt2")
     export.set_defaults(func=cmd_export)
     return parser
 

@@ -11,7 +11,11 @@ tensors and plain containers. ``torch.export.load`` has no such mode -- it unpic
 archive and so runs whatever code a crafted file holds -- so an exported program is loaded only
 when the caller says it trusts the file (``trust_exported``; ``otface eval --trust-model``).
 
-Both take (N, 3, S, S) RGB images normalised to [-1, 1] (``transforms.normalize``), S the input
+An ONNX model (``.onnx``, :mod:`otface.eval.onnx`; ``export_checkpoint_onnx`` writes one) runs
+with onnxruntime; reading it runs no code, so it needs no trust. ``onnx`` and ``onnxruntime`` are
+imported only when one is read or written.
+
+All take (N, 3, S, S) RGB images normalised to [-1, 1] (``transforms.normalize``), S the input
 size, and return (N, E) embeddings.
 """
 
@@ -22,6 +26,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -97,9 +102,37 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Pa
     return out
 
 
+ONNX_PACKAGES = frozenset({"onnx", "onnxruntime", "onnxscript"})
+
+
+def onnx_support() -> Any:
+    """:mod:`otface.eval.onnx`, imported when an ONNX model is read or written; a
+    :class:`ConfigError` saying how to install the ``onnx`` extra when its packages are missing."""
+    try:
+        from otface.eval import onnx
+    except ImportError as err:
+        if err.name not in ONNX_PACKAGES:
+            raise
+        raise ConfigError(f"ONNX models need the onnx extra ({err.name} is not installed): "
+                          "pip install 'otface[onnx]'") from None
+    return onnx
+
+
+def export_checkpoint_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Export the backbone of ``checkpoint`` to ``out`` (``.onnx``), written atomically
+    (:func:`otface.eval.onnx.export_onnx`); its metadata adds the backbone's registered name and
+    parameters (JSON) and the checkpoint's path."""
+    export_onnx = onnx_support().export_onnx
+    model, cfg = backbone_from_checkpoint(checkpoint)
+    meta = {"otface.backbone": cfg.model.backbone, "otface.params": json.dumps(cfg.model.params, sort_keys=True),
+            "otface.checkpoint": str(checkpoint)}
+    return export_onnx(model, cfg.model.input_size, out, meta)
+
+
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
                trust_exported: bool = False) -> LoadedModel:
-    """A training checkpoint (``.pt``) or an exported backbone (``.pt2``), ready to embed faces.
+    """A training checkpoint (``.pt``), an exported backbone (``.pt2``) or an ONNX model
+    (``.onnx``, run on the CPU by onnxruntime whatever ``device``), ready to embed faces.
 
     An exported backbone is loaded only with ``trust_exported`` (see the module docstring); without
     it, a ``.pt2`` is a :class:`ModelFileError` that says so.
@@ -107,6 +140,10 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
     path = Path(path)
     if not path.is_file():
         raise InputNotFoundError(f"no model at {path}")
+    if path.suffix == ".onnx":
+        onnx_model = onnx_support().OnnxBackbone(path)
+        backbone = onnx_model.metadata.get("otface.backbone", "model")
+        return LoadedModel(onnx_model, onnx_model.input_size, f"ONNX {backbone} ({path})")
     if path.suffix == ".pt2":
         if not trust_exported:
             raise ModelFileError(
