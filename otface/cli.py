@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import io
 import json
 import logging
 import os
@@ -232,7 +233,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not (bins or args.ijb or args.megaface):
         raise ConfigError("nothing to evaluate: give --bin, --bin-dir, --ijb and/or --megaface")
     device = resolve_device(args.device)
-    loaded = load_model(args.model, device, trust_exported=args.trust_model)
+    loaded = load_model(args.model, device, trust_exported=args.trust_model, arch=args.arch)
     on_error = "skip" if args.skip_bad else "raise"
     report = EvalReport(model=loaded.description)
     if bins:
@@ -254,13 +255,47 @@ def cmd_export(args: argparse.Namespace) -> int:
     from otface.eval.model import export_backbone, export_checkpoint_onnx, onnx_support
 
     if args.out.suffix != ".onnx":
-        print(f"exported {export_backbone(args.checkpoint, args.out)}")
+        print(f"exported {export_backbone(args.checkpoint, args.out, args.arch)}")
         return 0
-    out = export_checkpoint_onnx(args.checkpoint, args.out)
+    out = export_checkpoint_onnx(args.checkpoint, args.out, args.arch)
     broken = onnx_support().validate_onnx(out)
     if broken:  # otface's own export breaking a rule is a bug
         raise AssertionError(f"{out} breaks the ONNX model rules: {'; '.join(broken)}")
     print(f"exported {out} (one file, dynamic batch, float32; passes the insightface model-validator rules)")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import numpy as np
+
+    from otface.data.align import align_folder
+    from otface.eval.embed import embed_files, image_list
+    from otface.eval.model import load_model
+    from otface.files import write_bytes_atomic, write_text_atomic
+    from otface.train.distributed import resolve_device
+
+    if args.out.suffix != ".npy":
+        raise ConfigError(f"{args.out}: the embeddings are written as .npy; name the output file *.npy")
+    index = args.out.with_suffix(".names.txt")
+    if index.exists() and args.images.exists() and index.samefile(args.images):
+        raise ConfigError(f"{args.out}: its index {index} would replace the image list; choose another name")
+    device = resolve_device(args.device)
+    loaded = load_model(args.model, device, trust_exported=args.trust_model, arch=args.arch)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = args.images
+        if args.landmarks:
+            align_folder(args.images, args.landmarks, Path(tmp) / "aligned", size=112, progress=False)
+            source = Path(tmp) / "aligned"
+        root, names = image_list(source)
+        emb = embed_files(loaded.model, root, names, loaded.input_size, args.batch_size, device)
+    buffer = io.BytesIO()
+    np.save(buffer, emb.numpy())
+    write_bytes_atomic(args.out, buffer.getvalue())
+    write_text_atomic(index, "".join(name + "\n" for name in names))
+    print(f"{len(names)} embeddings of dimension {emb.shape[1]} ({loaded.description}): {args.out}; "
+          f"row i is the image on line i of {index}")
     return 0
 
 
@@ -424,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a checkpoint or exported model on benchmarks; write tables and plots")
     ev.add_argument("model", type=Path, help="training checkpoint (runs/<run>/last.pt), ONNX model (.onnx) or "
                                              "exported program (.pt2, with --trust-model)")
+    ev.add_argument("--arch", help="the architecture of a bare backbone state dict (insightface's backbone.pth): insightface's names "
+                         "r18 ... r200, mbf, or ours; built at insightface's settings, 112 px and 512-d")
     ev.add_argument("--trust-model", action="store_true",
                     help="load an exported .pt2 model: torch.export.load unpickles it, which runs any code the "
                          "file holds, so pass this only for a file you made or trust (checkpoints never need it)")
@@ -447,7 +484,25 @@ def build_parser() -> argparse.ArgumentParser:
                                            "insightface) or a torch.export program (.pt2)")
     export.add_argument("checkpoint", type=Path, help="training checkpoint (runs/<run>/last.pt)")
     export.add_argument("out", type=Path, help="output file: .onnx, or .pt2")
+    export.add_argument("--arch", help="the architecture of a bare backbone state dict (insightface's backbone.pth): insightface's names "
+                         "r18 ... r200, mbf, or ours; built at insightface's settings, 112 px and 512-d")
     export.set_defaults(func=cmd_export)
+
+    embed = sub.add_parser("embed", help="embeddings of aligned face images (flip-summed, L2-normalised) to .npy")
+    embed.add_argument("model", type=Path, help="training checkpoint, .onnx, state dict (with --arch) or .pt2 "
+                                                "(with --trust-model)")
+    embed.add_argument("images", type=Path, help="a folder of aligned face images (searched recursively), or a text "
+                                                 "file listing image paths relative to it, one per line")
+    embed.add_argument("out", type=Path, help="embeddings file (.npy, float32 N x E); the image names go to "
+                                              "<out>.names.txt beside it, one per row")
+    embed.add_argument("--landmarks", type=Path, help="5-point landmarks of raw photos in IMAGES (the format of "
+                                                      "`otface data align`): align them to 112x112 first")
+    embed.add_argument("--arch", help="the architecture of a bare backbone state dict (insightface's backbone.pth): insightface's names "
+                         "r18 ... r200, mbf, or ours; built at insightface's settings, 112 px and 512-d")
+    embed.add_argument("--trust-model", action="store_true", help="load an exported .pt2 (see otface eval)")
+    embed.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda[:i]'")
+    embed.add_argument("--batch-size", type=int, default=256)
+    embed.set_defaults(func=cmd_embed)
     return parser
 
 

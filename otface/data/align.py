@@ -35,6 +35,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 from PIL import Image
+
 from otface.data.skipping import check_on_error, raise_or_skip
 from otface.data.text import numbered_lines
 from otface.data.transforms import read_image

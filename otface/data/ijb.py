@@ -40,6 +40,7 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
 from otface.data.align import align_face
 from otface.data.skipping import check_on_error
 from otface.data.text import numbered_lines

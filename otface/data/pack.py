@@ -29,6 +29,7 @@ from typing import Iterator
 
 import numpy as np
 from PIL import Image
+
 from otface.data.folder import scan_image_folder
 from otface.data.recordio import write_face_dataset
 from otface.data.skipping import check_on_error, raise_or_skip

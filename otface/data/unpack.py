@@ -40,7 +40,7 @@ def unpack_records(src: str | os.PathLike, dst: str | os.PathLike, progress: boo
         names = [f"{label:06d}" for label in range(dataset.num_classes)]
     dst = Path(dst)
     for key, label in progress_bar(zip(dataset.keys.tolist(), dataset.labels.tolist()), total=len(dataset),
-                           desc="unpack", unit="img", enabled=progress):
+                                   desc="unpack", unit="img", enabled=progress):
         _, image = unpack_record(dataset.reader.read(key))
         path = dst / names[label] / f"{key:08d}.{_extension(image)}"
         path.parent.mkdir(parents=True, exist_ok=True)

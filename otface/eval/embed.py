@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from otface.data.transforms import network_input
-from otface.errors import ConfigError, ModelFileError
+
+from otface.data.folder import IMAGE_EXTENSIONS
+from otface.data.text import numbered_lines
+from otface.data.transforms import network_input, read_image, to_chw
+from otface.errors import ConfigError, DataError, InputNotFoundError, ModelFileError
 from otface.progress import progress_bar
 
 
@@ -81,4 +86,42 @@ def embed_images(
         chunks.append(extract_embeddings(model, x, batch_size=batch_size, device=device))
     if not chunks:
         raise ValueError("no images to embed")
+    return torch.cat(chunks)
+
+
+def image_list(source: str | os.PathLike) -> tuple[Path, list[str]]:
+    """(root, names) of the images to embed: every image file under the folder ``source`` (sorted
+    relative paths; hidden files and folders skipped), or the paths listed one per line in the
+    text file ``source``, relative to its folder (blank lines skipped)."""
+    source = Path(source)
+    if source.is_dir():
+        found = (p.relative_to(source) for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        names = sorted(p.as_posix() for p in found
+                       if not any(part.startswith(".") for part in p.parts) and (source / p).is_file())
+        root = source
+    elif source.is_file():
+        names = [line.strip() for _, line in numbered_lines(source) if line.strip()]
+        root = source.parent
+    else:
+        raise InputNotFoundError(f"{source}: no such folder or image list")
+    if not names:
+        raise DataError(f"{source}: no image to embed (extensions {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return root, names
+
+
+def embed_files(model: nn.Module, root: Path, names: list[str], input_size: int, batch_size: int = 256,
+                device: torch.device | str | None = None, progress: bool = True) -> torch.Tensor:
+    """(N, E) L2-normalised flip-summed embeddings of the images ``root / name`` (aligned faces of
+    any size, resized to ``input_size``), in the order of ``names``; an image that cannot be read
+    is a :class:`DataError` naming it."""
+    chunks = []
+    for start in progress_bar(range(0, len(names), batch_size), desc="embed", enabled=progress):
+        inputs = []
+        for name in names[start : start + batch_size]:
+            try:
+                image = read_image(root / name)
+            except DataError as err:
+                raise DataError(f"{root / name}: {err}") from None
+            inputs.append(network_input(to_chw(image)[None], input_size))
+        chunks.append(extract_embeddings(model, torch.cat(inputs), batch_size=batch_size, device=device))
     return torch.cat(chunks)

@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from otface.config import Config, config_from_dict
+from otface.config import Config, config_from_dict, load_config
 from otface.errors import ConfigError, InputNotFoundError, ModelFileError, one_line
-from otface.models import build_backbone
-from otface.train.checkpoint import check_entries, load_checkpoint, load_into
+from otface.models import BACKBONES, build_backbone
+from otface.train.checkpoint import check_entries, load_checkpoint, load_into, read_weights
 
 EXPORT_META = "otface.json"
 
@@ -64,12 +64,28 @@ class ExportedBackbone(nn.Module):
         return self._program(x)
 
 
-def backbone_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, Config]:
-    """The backbone of a training checkpoint, weights loaded, in eval mode, and the run's config.
+INSIGHTFACE_SETTINGS = {"embedding_size": 512, "input_size": 112}  # the model zoo's; widths: the families' defaults
 
-    A file that is not an otface training checkpoint, or whose weights do not fit the backbone its
-    config names, is a :class:`ModelFileError` naming it."""
+
+def backbone_from_checkpoint(path: str | os.PathLike, arch: str | None = None) -> tuple[nn.Module, Config]:
+    """The backbone of a training checkpoint, weights loaded, in eval mode, and the run's config;
+    with ``arch``, the registered architecture at insightface's settings (112 px, 512-d, the
+    family's default width) with the weights of a bare state dict (insightface's ``backbone.pth``)
+    or of a checkpoint, and a config saying so.
+
+    A file that is neither, or whose weights do not fit the backbone, is a :class:`ModelFileError`
+    naming it (a bare state dict without ``arch`` says to name one)."""
+    if arch is not None:
+        state, _ = read_weights(path)
+        cfg = load_config(None, [f"model.backbone={arch}", "model.params={}",
+                                 *(f"model.{key}={value}" for key, value in INSIGHTFACE_SETTINGS.items())])
+        model = build_backbone(arch, **INSIGHTFACE_SETTINGS)
+        load_into(model, state, path, f"its weights do not fit {arch} at insightface's settings (112 px, 512-d)")
+        return model.eval(), cfg
     ckpt = load_checkpoint(path)
+    if "config" not in ckpt and ckpt and all(torch.is_tensor(value) for value in ckpt.values()):
+        raise ModelFileError(f"{path}: a bare state dict, no otface checkpoint: name its architecture with --arch "
+                             f"(one of {', '.join(BACKBONES.names())})")
     check_entries(ckpt, path, ("backbone", "config"))
     try:
         cfg = config_from_dict(ckpt["config"])
@@ -81,9 +97,10 @@ def backbone_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, Config
     return model.eval(), cfg
 
 
-def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Export the backbone of ``checkpoint`` to ``out`` (``.pt2``), written atomically."""
-    model, cfg = backbone_from_checkpoint(checkpoint)
+def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike, arch: str | None = None) -> Path:
+    """Export the backbone of ``checkpoint`` (a state dict of ``arch``, :func:`backbone_from_checkpoint`)
+    to ``out`` (``.pt2``), written atomically."""
+    model, cfg = backbone_from_checkpoint(checkpoint, arch)
     size = cfg.model.input_size
     example = torch.zeros(2, 3, size, size)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
@@ -118,21 +135,23 @@ def onnx_support() -> Any:
     return onnx
 
 
-def export_checkpoint_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Export the backbone of ``checkpoint`` to ``out`` (``.onnx``), written atomically
+def export_checkpoint_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, arch: str | None = None) -> Path:
+    """Export the backbone of ``checkpoint`` (a state dict of ``arch``, :func:`backbone_from_checkpoint`)
+    to ``out`` (``.onnx``), written atomically
     (:func:`otface.eval.onnx.export_onnx`); its metadata adds the backbone's registered name and
     parameters (JSON) and the checkpoint's path."""
     export_onnx = onnx_support().export_onnx
-    model, cfg = backbone_from_checkpoint(checkpoint)
+    model, cfg = backbone_from_checkpoint(checkpoint, arch)
     meta = {"otface.backbone": cfg.model.backbone, "otface.params": json.dumps(cfg.model.params, sort_keys=True),
             "otface.checkpoint": str(checkpoint)}
     return export_onnx(model, cfg.model.input_size, out, meta)
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
-               trust_exported: bool = False) -> LoadedModel:
-    """A training checkpoint (``.pt``), an exported backbone (``.pt2``) or an ONNX model
-    (``.onnx``, run on the CPU by onnxruntime whatever ``device``), ready to embed faces.
+               trust_exported: bool = False, arch: str | None = None) -> LoadedModel:
+    """A training checkpoint (``.pt``), a bare backbone state dict of the architecture ``arch``
+    (insightface's ``backbone.pth``), an exported backbone (``.pt2``) or an ONNX model (``.onnx``,
+    run on the CPU by onnxruntime whatever ``device``), ready to embed faces.
 
     An exported backbone is loaded only with ``trust_exported`` (see the module docstring); without
     it, a ``.pt2`` is a :class:`ModelFileError` that says so.
@@ -161,5 +180,6 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
         meta = json.loads(extra[EXPORT_META])
         return LoadedModel(ExportedBackbone(program), int(meta["input_size"]),
                            f"exported {meta['backbone']} ({path})")
-    model, cfg = backbone_from_checkpoint(path)
-    return LoadedModel(model.to(device), cfg.model.input_size, f"{cfg.model.backbone} checkpoint ({path})")
+    model, cfg = backbone_from_checkpoint(path, arch)
+    kind = "checkpoint" if arch is None else "weights"
+    return LoadedModel(model.to(device), cfg.model.input_size, f"{cfg.model.backbone} {kind} ({path})")

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+
 from otface.data.megaface import load_images, read_megaface
 from otface.errors import ConfigError, DataError, RunError
 from otface.eval.embed import embed_images

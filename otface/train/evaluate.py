@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from torch import nn
+
 from otface.data.binset import load_verification_set
 from otface.eval.embed import embed_images
 from otface.eval.plots import plot_roc
