@@ -15,11 +15,15 @@ and weights -- unlike ``torch.export``'s ``.pt2`` archives, which are unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import onnx
@@ -56,6 +60,21 @@ _LOAD_ERRORS = (InvalidProtobuf, InvalidGraph, InvalidArgument, Fail, OrtNotImpl
 _RUN_ERRORS = (InvalidArgument, Fail, RuntimeException, OrtNotImplemented)  # onnxruntime, inputs a model refuses
 
 
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Without the exporter's notes that do not concern a backbone (torchvision's operators not
+    registered, a deprecation inside torch's tracing)."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
+            yield
+    finally:
+        registration.setLevel(level)
+
+
 def export_onnx(model: nn.Module, input_size: int, out: str | os.PathLike, metadata: dict[str, str]) -> Path:
     """Export ``model`` ((N, 3, S, S) -> (N, E), S = ``input_size`` pixels) to ``out`` (``.onnx``).
 
@@ -83,9 +102,10 @@ def export_onnx(model: nn.Module, input_size: int, out: str | os.PathLike, metad
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         staged = work / "model.onnx"
-        torch.onnx.export(model, (example,), staged, dynamo=True, opset_version=OPSET, verbose=False,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_shapes=({0: "batch"},), external_data=False)
+        with _quiet_exporter():
+            torch.onnx.export(model, (example,), staged, dynamo=True, opset_version=OPSET, verbose=False,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_shapes=({0: "batch"},), external_data=False)
         proto = onnx.load(staged)  # with any external data torch wrote beside it (models over 1.5 GB)
         onnx.helper.set_model_props(proto, props)
         onnx.save_model(proto, staged, save_as_external_data=False)
