@@ -76,7 +76,7 @@ def results_table(results: dict[str, Any]) -> str:
         "| set | pairs | accuracy (%) | std (%) | TAR@FAR=1e-3 (%) | AUC |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    from otface.train.evaluate import summary_notes
+    from otface.eval.verification_suite import summary_notes
 
     for name, r in results["verification"].items():
         tar = "n/a" if r["tar_at_far"] is None else f"{100 * r['tar_at_far']:.2f}"
@@ -126,7 +126,7 @@ def _default_run_dir(cfg: Config) -> Path:
 def _resumed_config(args: argparse.Namespace, path: Path) -> tuple[Config, dict[str, Any], dict[str, list[Any]]]:
     """(config, checkpoint, settings changed) of ``--resume``: the checkpoint's config (or
     ``--config``) with the overrides, checked against the checkpoint's (:mod:`otface.train.resume`)."""
-    from otface.train.checkpoint import check_entries, load_checkpoint
+    from otface.checkpoint import check_entries, load_checkpoint
     from otface.train.resume import resume_changes
 
     if not path.is_file():

@@ -11,7 +11,7 @@ from PIL import Image
 
 from otface.cli import main
 from otface.config import load_config
-from otface.train import checkpoint
+from otface import checkpoint
 from otface.train.data import prepare_data
 from support.runs import TINY
 

@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from otface.checkpoint import check_entries, load_checkpoint, load_into, read_weights
 from otface.config import Config, config_from_dict, load_config
 from otface.errors import ConfigError, InputNotFoundError, ModelFileError, one_line
 from otface.models import BACKBONES, build_backbone
-from otface.train.checkpoint import check_entries, load_checkpoint, load_into, read_weights
 
 EXPORT_META = "otface.json"
 

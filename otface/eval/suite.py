@@ -31,8 +31,8 @@ from otface.eval.identification import megaface_identification
 from otface.eval.ijb import FARS, ijb_verification
 from otface.eval.model import LoadedModel
 from otface.eval.plots import plot_cmc, plot_roc
+from otface.eval.verification_suite import VerificationSuite, summary_notes
 from otface.progress import progress_bar
-from otface.train.evaluate import VerificationSuite, summary_notes
 
 MEGAFACE_FARS = (1e-6,)
 

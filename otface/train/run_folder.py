@@ -19,8 +19,8 @@ import socket
 from pathlib import Path
 from typing import Iterator
 
+from otface.checkpoint import remove_stale_temporaries
 from otface.errors import RunError
-from otface.train.checkpoint import remove_stale_temporaries
 
 log = logging.getLogger("otface.train")
 

@@ -32,20 +32,20 @@ from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from otface.checkpoint import check_entries, load_checkpoint, load_into, read_weights, save_checkpoint
 from otface.config import Config, save_config
 from otface.data.samplers import PKBatchSampler, RandomBatchSampler
 from otface.data.skipping import BadSample, collate_skipping
 from otface.data.transforms import flip_draws, flip_images, network_input
 from otface.errors import ConfigError, ModelFileError, RunError
+from otface.eval.verification_suite import SUMMARY_KEYS, VerificationSuite, format_tar
 from otface.heads import MiningHead, build_head
 from otface.heads.partial_fc import PartialFC, gradient_scaled, init_class_rows, shard_bounds
 from otface.losses import OTLoss, build_aux_loss
 from otface.models import build_backbone
 from otface.progress import progress_bar
-from otface.train.checkpoint import check_entries, load_checkpoint, load_into, read_weights, save_checkpoint
 from otface.train.data import open_training_set, prepare_data
 from otface.train.distributed import SINGLE, Processes, barrier, broadcast_value, global_sum, training_device
-from otface.train.evaluate import SUMMARY_KEYS, VerificationSuite, format_tar
 from otface.train.metrics import MetricsLog
 from otface.train.run_folder import CHECKPOINT
 from otface.train.schedule import lr_factor

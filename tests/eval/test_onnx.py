@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
+from otface.checkpoint import save_checkpoint
 from otface.config import load_config
 from otface.errors import InputNotFoundError, ModelFileError
 from otface.eval import onnx as otface_onnx
 from otface.eval.model import export_checkpoint_onnx, load_model
 from otface.eval.onnx import OnnxBackbone, export_onnx, validate_onnx
 from otface.models import build_backbone
-from otface.train.checkpoint import save_checkpoint
 
 FAMILIES = {  # name: config overrides, each family at a small valid size (mbf: any S, blocks and scale >= 1)
     "iresnet18": ["model.params={width: 0.125}"],

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from otface.checkpoint import save_checkpoint
 from otface.cli import main
 from otface.config import load_config
 from otface.data.binset import load_verification_set, write_bin
@@ -22,7 +23,6 @@ from otface.eval.model import export_backbone, load_model
 from otface.eval.suite import EvalReport, evaluate_bins, evaluate_megaface
 from otface.eval.verification import verification
 from otface.models import build_backbone
-from otface.train.checkpoint import save_checkpoint
 from support.ijb_layout import write_layout
 from support.megaface_pack import DISTRACTORS, write_pack
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from otface.errors import InputNotFoundError, ModelFileError, RunError
-from otface.train import checkpoint
-from otface.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from otface import checkpoint
+from otface.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 
 
 def test_round_trip(tmp_path):

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from otface.data.binset import load_verification_set
+from otface.errors import DataError
 from otface.eval.embed import embed_images
 from otface.eval.plots import plot_roc
-from otface.errors import DataError
 from otface.eval.verification import unbalanced_message, verification
 from otface.progress import progress_bar
 
