@@ -101,7 +101,9 @@ def main() -> None:
 
     ours = cosine_sinkhorn(x, y, eps, iters).detach()
     ours_entropic = cosine_sinkhorn(x, y, eps, iters, entropy=True).detach().double()
-    agree = lambda want: lambda v: f"max |value - ours| = {(v.double() - want.double()).abs().max().item():.2e}"
+
+    def agree(want: torch.Tensor) -> Callable[[torch.Tensor], str]:
+        return lambda v: f"max |value - ours| = {(v.double() - want.double()).abs().max().item():.2e}"
 
     run("ours/fused (envelope)", backward_of(lambda a, b: cosine_sinkhorn(a, b, eps, iters), x, y))
     run("ours/envelope", backward_of(lambda a, b: sinkhorn(cosine_cost(a, b), eps, iters), x, y), agree(ours))
@@ -149,7 +151,8 @@ def main() -> None:
     width = max(len(r[0]) for r in rows)
     print(f"{'solver':<{width}}  {'wall ms':>8}  {'x fused':>7}  {'cpu ms':>8}  {'x fused':>7}  agreement")
     for name, wall, cpu, note in rows:
-        print(f"{name:<{width}}  {wall * 1e3:8.1f}  {wall / ref_wall:7.2f}  {cpu * 1e3:8.1f}  {cpu / ref_cpu:7.2f}  {note}")
+        print(f"{name:<{width}}  {wall * 1e3:8.1f}  {wall / ref_wall:7.2f}  {cpu * 1e3:8.1f}  "
+              f"{cpu / ref_cpu:7.2f}  {note}")
 
 
 if __name__ == "__main__":

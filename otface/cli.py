@@ -28,6 +28,8 @@ from otface.errors import ConfigError, InputNotFoundError, ModelFileError, Otfac
 from otface.files import write_text_atomic
 
 RUNS = Path("runs")
+ARCH_HELP = ("the architecture of a bare backbone state dict (insightface's backbone.pth): insightface's names "
+             "r18 ... r200, mbf, or ours; built at insightface's settings, 112 px and 512-d")
 # what the machine, not otface, says of a path the user gave: reported in one line, as user errors are
 ENVIRONMENT_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
                                 errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG})
@@ -100,7 +102,8 @@ def results_table(results: dict[str, Any]) -> str:
         lines.append(f"skipped {t['skipped_samples']} unreadable training samples (data.on_error=skip); first ones:")
         lines.extend(f"  sample {index}: {reason}" for index, reason in t["bad_samples"][:10])
     if t.get("world_size", 1) > 1:
-        lines.append(f"trained on {t['world_size']} processes (global batch {results['config']['optim']['batch_size']})")
+        batch = results["config"]["optim"]["batch_size"]
+        lines.append(f"trained on {t['world_size']} processes (global batch {batch})")
     if t.get("amp") == "fp16":
         lines.append(f"fp16: final loss scale {t['loss_scale']:g}, {t['overflow_steps']} overflow steps skipped")
     for resume in t.get("resumes", []):
@@ -225,8 +228,7 @@ def _bin_paths(args: argparse.Namespace) -> list[Path]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from otface.data.ijb import canonical_name
     from otface.eval.model import load_model
-    from otface.eval.suite import EvalReport, evaluate_bins, evaluate_ijb_set, evaluate_megaface, markdown, \
-        write_report
+    from otface.eval.suite import EvalReport, evaluate_bins, evaluate_ijb_set, evaluate_megaface, markdown, write_report
     from otface.train.distributed import resolve_device
 
     bins = _bin_paths(args)
@@ -459,8 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a checkpoint or exported model on benchmarks; write tables and plots")
     ev.add_argument("model", type=Path, help="training checkpoint (runs/<run>/last.pt), ONNX model (.onnx) or "
                                              "exported program (.pt2, with --trust-model)")
-    ev.add_argument("--arch", help="the architecture of a bare backbone state dict (insightface's backbone.pth): insightface's names "
-                         "r18 ... r200, mbf, or ours; built at insightface's settings, 112 px and 512-d")
+    ev.add_argument("--arch", help=ARCH_HELP)
     ev.add_argument("--trust-model", action="store_true",
                     help="load an exported .pt2 model: torch.export.load unpickles it, which runs any code the "
                          "file holds, so pass this only for a file you made or trust (checkpoints never need it)")
@@ -484,8 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "insightface) or a torch.export program (.pt2)")
     export.add_argument("checkpoint", type=Path, help="training checkpoint (runs/<run>/last.pt)")
     export.add_argument("out", type=Path, help="output file: .onnx, or .pt2")
-    export.add_argument("--arch", help="the architecture of a bare backbone state dict (insightface's backbone.pth): insightface's names "
-                         "r18 ... r200, mbf, or ours; built at insightface's settings, 112 px and 512-d")
+    export.add_argument("--arch", help=ARCH_HELP)
     export.set_defaults(func=cmd_export)
 
     embed = sub.add_parser("embed", help="embeddings of aligned face images (flip-summed, L2-normalised) to .npy")
@@ -497,8 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "<out>.names.txt beside it, one per row")
     embed.add_argument("--landmarks", type=Path, help="5-point landmarks of raw photos in IMAGES (the format of "
                                                       "`otface data align`): align them to 112x112 first")
-    embed.add_argument("--arch", help="the architecture of a bare backbone state dict (insightface's backbone.pth): insightface's names "
-                         "r18 ... r200, mbf, or ours; built at insightface's settings, 112 px and 512-d")
+    embed.add_argument("--arch", help=ARCH_HELP)
     embed.add_argument("--trust-model", action="store_true", help="load an exported .pt2 (see otface eval)")
     embed.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda[:i]'")
     embed.add_argument("--batch-size", type=int, default=256)

@@ -5,9 +5,9 @@ import pickle
 import pytest
 import torch
 
-from otface.errors import InputNotFoundError, ModelFileError, RunError
 from otface import checkpoint
 from otface.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from otface.errors import InputNotFoundError, ModelFileError, RunError
 
 
 def test_round_trip(tmp_path):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from otface import checkpoint
 from otface.cli import main
 from otface.config import load_config
-from otface import checkpoint
 from otface.train.data import prepare_data
 from support.runs import TINY
 

@@ -19,7 +19,8 @@ def test_recipes_are_package_data_found_by_name_or_path(tmp_path):
     recipes = packaged_configs()
     assert {"synthetic_arcface", "ms1mv2_r100_otface_arcface", "recipes/ms1mv2_r100"} <= set(recipes)
     assert all(Path(otface.__file__).parent / "configs" in path.parents for path in recipes.values())
-    assert find_config("ms1mv2_r100_arcface") == find_config("ms1mv2_r100_arcface.yaml") == recipes["ms1mv2_r100_arcface"]
+    named = recipes["ms1mv2_r100_arcface"]
+    assert find_config("ms1mv2_r100_arcface") == find_config("ms1mv2_r100_arcface.yaml") == named
     own = tmp_path / "synthetic_arcface"  # a file of that name wins over the recipe
     own.write_text("optim: {lr: 0.3}\n")
     assert find_config(own) == own and load_config(own).optim.lr == 0.3

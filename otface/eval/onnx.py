@@ -35,8 +35,10 @@ from onnxruntime.capi.onnxruntime_pybind11_state import (
     InvalidArgument,
     InvalidGraph,
     InvalidProtobuf,
-    NotImplemented as OrtNotImplemented,
     RuntimeException,
+)
+from onnxruntime.capi.onnxruntime_pybind11_state import (
+    NotImplemented as OrtNotImplemented,
 )
 from torch import nn
 

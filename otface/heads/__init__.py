@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from otface.errors import UnknownNameError, UnknownParameterError
 from otface.heads.arcface import ArcFace
 from otface.heads.base import MarginHead
 from otface.heads.combined import CombinedMargin
@@ -22,7 +23,6 @@ from otface.heads.mv_softmax import MVAMSoftmax, MVArcSoftmax
 from otface.heads.normface import NormFace
 from otface.heads.softmax import Softmax
 from otface.heads.sphereface import SphereFace
-from otface.errors import UnknownNameError, UnknownParameterError
 from otface.registry import Registry
 
 HEADS: Registry[MarginHead] = Registry("head")

@@ -13,13 +13,13 @@ from typing import Any
 
 from torch import nn
 
+from otface.errors import UnknownParameterError
 from otface.losses.center import CenterLoss
 from otface.losses.contrastive import ContrastiveLoss
 from otface.losses.discface import DiscFaceLoss
 from otface.losses.mining import mine_hard_groups, unique_pairs
 from otface.losses.ot_loss import OTLoss, OTLossOutput
 from otface.losses.triplet import TripletLoss
-from otface.errors import UnknownParameterError
 from otface.registry import Registry
 
 AUX_LOSSES: Registry[nn.Module] = Registry("auxiliary loss")

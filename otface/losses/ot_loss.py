@@ -69,7 +69,8 @@ class OTLoss(nn.Module):
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-        if max_groups is not None and (isinstance(max_groups, bool) or not isinstance(max_groups, int) or max_groups < 1):
+        if max_groups is not None and (isinstance(max_groups, bool) or not isinstance(max_groups, int)
+                                       or max_groups < 1):
             raise ValueError(f"max_groups must be None or an integer >= 1, got {max_groups!r}")
         self.eps, self.iters, self.tol, self.grad = eps, iters, tol, grad
         self.margin, self.mining_margin, self.max_groups = margin, mining_margin, max_groups

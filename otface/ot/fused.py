@@ -25,7 +25,8 @@ Backends (``backend``):
   tensor is a zero dummy). Its attention output gives the plan products: with L_i the row LSE,
   P_ij = exp(f_i + L_i) softmax_j(g_j - C_ij/eps), so P y^ = exp(f + L) * attn(x^, y^, y^).
   On CUDA it runs under ``torch.compile`` (Inductor's fused Triton kernel: scores stay on chip;
-  not run in this project's tests, which have no GPU). Elsewhere it runs eagerly, and torch's eager flex_attention (``math_attention``)
+  not run in this project's tests, which have no GPU). Elsewhere it runs eagerly, and torch's
+  eager flex_attention (``math_attention``)
   *materialises* the (P, 1, n, m) scores and their softmax: correct, not memory-saving, and
   ~1 s of Dynamo tracing on first use. The compiled kernel needs head widths >= 16, so q, k and v
   are zero-padded to FLEX_MIN_WIDTH (dot products unchanged).
@@ -178,7 +179,8 @@ def _flex_products(xn: Tensor, yn: Tensor, f: Tensor, g: Tensor, inv_eps: float)
 def _backend_ops(backend: str, block: int, device: torch.device, dtype: torch.dtype) -> _Ops:
     """The kernels of ``backend``, "auto" resolved to flex for float32 on CUDA, else blockwise."""
     if backend == "auto":
-        backend = "flex" if device.type == "cuda" and dtype == torch.float32 and flex_attention is not None else "blockwise"
+        compiled = device.type == "cuda" and dtype == torch.float32 and flex_attention is not None
+        backend = "flex" if compiled else "blockwise"
     if backend == "blockwise":
         return _Ops(functools.partial(_block_lse, block=block), functools.partial(_block_value, block=block),
                     functools.partial(_block_products, block=block))
@@ -188,7 +190,8 @@ def _backend_ops(backend: str, block: int, device: torch.device, dtype: torch.dt
     return _Ops(_flex_lse, _flex_value, _flex_products)
 
 
-def _potentials(xn: Tensor, yn: Tensor, inv_eps: float, iters: int, lse: Callable[..., Tensor]) -> tuple[Tensor, Tensor]:
+def _potentials(xn: Tensor, yn: Tensor, inv_eps: float, iters: int,
+                lse: Callable[..., Tensor]) -> tuple[Tensor, Tensor]:
     """f (P, n) and g (P, m), potentials divided by eps, after ``iters`` >= 1 Sinkhorn iterations
     (Eq. 8) from f = 0 (u^0 = 1), on unit clouds xn (P, n, d), yn (P, m, d)."""
     log_a, log_b = -math.log(xn.shape[1]), -math.log(yn.shape[1])
@@ -257,9 +260,11 @@ def fused_cosine_sinkhorn(
         the envelope gradient to x and y (P held fixed).
     """
     if x.ndim != 3 or y.ndim != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
-        raise ValueError(f"fused_cosine_sinkhorn expects x (P, n, d) and y (P, m, d), got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(f"fused_cosine_sinkhorn expects x (P, n, d) and y (P, m, d), got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
     if x.shape[1] == 0 or y.shape[1] == 0:
-        raise ValueError(f"fused_cosine_sinkhorn needs n, m >= 1 points per cloud, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(f"fused_cosine_sinkhorn needs n, m >= 1 points per cloud, got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
     check_solver_args(eps, iters, None)
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise ValueError(f"block must be an integer >= 1, got {block!r}")

@@ -250,7 +250,8 @@ def _regularised(plan: Tensor, f: Tensor, g: Tensor, eps: float) -> Tensor:
     return eps * ((rows * f).sum(1) + (cols * g).sum(1) - rows.sum(1))
 
 
-def sinkhorn_potentials(cost: Tensor, eps: float = 0.05, iters: int = 50, tol: float | None = None) -> SinkhornPotentials:
+def sinkhorn_potentials(cost: Tensor, eps: float = 0.05, iters: int = 50,
+                        tol: float | None = None) -> SinkhornPotentials:
     """Dual potentials (f, g) in cost units after Sinkhorn on cost (P, n, m); no gradient."""
     check_solver_args(eps, iters, tol)
     dtype = _compute_dtype(cost)
@@ -364,7 +365,8 @@ def cosine_sinkhorn(
     are kept for the backward pass instead of the plan (P, n, m) and the points.
     """
     if x.ndim != 3 or y.ndim != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
-        raise ValueError(f"cosine_sinkhorn expects x (P, n, d) and y (P, m, d), got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(f"cosine_sinkhorn expects x (P, n, d) and y (P, m, d), got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
     if x.shape[1] == 0 or y.shape[1] == 0:
         raise ValueError(f"cosine_sinkhorn needs n, m >= 1 points per cloud, got {tuple(x.shape)} and {tuple(y.shape)}")
     check_solver_args(eps, iters, tol, grad)

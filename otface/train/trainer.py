@@ -284,7 +284,8 @@ class Trainer:
                         mining_margin=o.mining_margin, max_groups=o.max_groups or None,
                         reduction=o.reduction, chunk_size=o.chunk_size)
             terms.append(LossTerm("ot", ot, o.weight, stage=o.stage))
-        terms += [LossTerm(name, self.aux_losses[name], float(spec["weight"])) for name, spec in self.cfg.losses.items()]
+        terms += [LossTerm(name, self.aux_losses[name], float(spec["weight"]))
+                  for name, spec in self.cfg.losses.items()]
         return terms
 
     def _build_model(self) -> nn.Module:
@@ -293,7 +294,8 @@ class Trainer:
         stages = tuple(dict.fromkeys(term.stage for term in self.terms if term.stage is not None))
         model: nn.Module = FeatureForward(self.backbone, stages)
         if self.procs.distributed:
-            model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            devices = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=devices)
         if self.cfg.train.compile:
             model = torch.compile(model)
         return model
@@ -392,7 +394,8 @@ class Trainer:
         except ValueError as err:
             raise ModelFileError(f"{path}: its optimizer does not fit this run's: {err}") from None
         groups = [dict(group, params=list(range(len(self.params)))) for group in saved["param_groups"]]
-        load_into(self.optimizer, {"state": state, "param_groups": groups}, path, "its optimizer does not fit this run's")
+        load_into(self.optimizer, {"state": state, "param_groups": groups}, path,
+                  "its optimizer does not fit this run's")
 
     def _cuda_rng_states(self) -> list[torch.Tensor]:
         """Every process's CUDA generator state (empty on the CPU); a collective."""

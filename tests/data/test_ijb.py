@@ -34,7 +34,7 @@ def test_meta_is_read_as_written(layout):
         np.testing.assert_array_equal(meta.templates, [t for _, t, _ in IMAGES])
         np.testing.assert_array_equal(meta.medias, [m for _, _, m in IMAGES])
         np.testing.assert_array_equal(meta.pairs, [[a, b] for a, b, _ in PAIRS])
-        np.testing.assert_array_equal(meta.labels, [l for _, _, l in PAIRS])
+        np.testing.assert_array_equal(meta.labels, [label for _, _, label in PAIRS])
         np.testing.assert_allclose(meta.faceness, faceness, atol=1e-6)
         np.testing.assert_array_equal(meta.image_lines, np.arange(1, 7))
     assert meta.landmarks.shape == (6, 5, 2)
@@ -175,13 +175,15 @@ MALFORMED = [
      r"face_tid_mid\.txt:3 names image '3\.jpg' but .*_5pts_score\.txt:4 names 'x\.jpg'"),
     ("template_pair_label", lambda ls: edit(ls, 2, "1 x 0"), r"pair_label\.txt:3: template_2 must be an integer"),
     ("template_pair_label", lambda ls: edit(ls, 2, "1 3"), r"pair_label\.txt:3: expected 3 fields"),
-    ("template_pair_label", lambda ls: [" ".join(l.split()[:2]) for l in ls], r"pair_label\.txt:1: expected 3 fields"),
+    ("template_pair_label", lambda ls: [" ".join(line.split()[:2]) for line in ls],
+     r"pair_label\.txt:1: expected 3 fields"),
     ("template_pair_label", lambda ls: ["", *edit(ls, 3, "3 4 2")], r"pair_label\.txt:5: label must be 0 or 1, got 2"),
     ("template_pair_label", lambda ls: edit(ls, 1, "1 99 0"), r"pair_label\.txt:2: template 99 is not in .*tid_mid"),
     ("template_pair_label", lambda ls: [], r"pair_label\.txt: no pairs listed"),
     ("template_pair_label", lambda ls: edit(ls, 1, "1 2 99999999999999999999"),
      r"pair_label\.txt: not a table of 64-bit integers \(could not convert string '99999999999999999999'"),
-    ("template_pair_label", lambda ls: [l for l in ls if l.endswith("1")], r"pair_label\.txt: all 2 pairs are genuine"),
+    ("template_pair_label", lambda ls: [line for line in ls if line.endswith("1")],
+     r"pair_label\.txt: all 2 pairs are genuine"),
     ("name_5pts_score", lambda ls: edit(ls, 4, " ".join(["5.jpg", *["7.5"] * 10, "0.9"])),
      r"_5pts_score\.txt:5: the five landmarks coincide at \[7\.5, 7\.5\]"),
     ("face_tid_mid", lambda ls: edit(ls, 2, "3\udcff.jpg 2 11"), r"ijbc_face_tid_mid\.txt: not UTF-8 text"),

@@ -10,7 +10,6 @@ from otface.data import synth
 from otface.data.binset import read_bin
 from otface.data.dataset import RecordDataset
 from otface.data.recordio import read_property
-from otface.errors import ConfigError
 from otface.data.synth import (
     GENES,
     SynthConfig,
@@ -22,6 +21,7 @@ from otface.data.synth import (
     train_identity,
     write_preview,
 )
+from otface.errors import ConfigError
 
 SMALL = dict(num_identities=5, images_per_identity=3, num_pairs=20)
 DATA_FILES = ("train.rec", "train.idx", "property", "synth_easy.bin", "synth_hard.bin")

@@ -87,7 +87,8 @@ def test_embed_a_list_and_raw_photos_with_landmarks(state_dict, tmp_path, capsys
     assert (tmp_path / "list.names.txt").read_text().splitlines() == ["raw/2.png", "raw/1.png"]
     assert np.load(tmp_path / "list.npy").shape == (2, 512)
     (tmp_path / "same.names.txt").write_text("raw/1.png\n")  # the index would replace the list
-    assert main(["embed", str(path), str(tmp_path / "same.names.txt"), str(tmp_path / "same.npy"), "--arch", "mbf"]) == 2
+    same = tmp_path / "same.names.txt"
+    assert main(["embed", str(path), str(same), str(tmp_path / "same.npy"), "--arch", "mbf"]) == 2
     assert (tmp_path / "same.names.txt").read_text() == "raw/1.png\n"
 
 

@@ -225,9 +225,8 @@ def test_export_then_eval_an_onnx_model_gives_the_checkpoint_figures(tmp_path, c
 def test_without_the_onnx_extra_an_onnx_model_is_one_line(tmp_path, capsys, monkeypatch):
     import sys
 
-    from otface.cli import main
-
     import otface.eval
+    from otface.cli import main
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now fails
     monkeypatch.delitem(sys.modules, "otface.eval.onnx", raising=False)

@@ -4,9 +4,9 @@ import torch
 from scipy.interpolate import BSpline
 from torch import nn
 
+from otface.errors import DataError, ModelFileError
 from otface.eval import extract_embeddings, plot_roc, verification
 from otface.eval.plots import curve_auc, plot_cmc
-from otface.errors import DataError, ModelFileError
 from otface.eval.verification import VAL_THRESHOLDS, far_threshold, kfold_indices, unbalanced_folds
 
 

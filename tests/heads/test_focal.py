@@ -110,7 +110,8 @@ def test_errors():
         build_head("focal_hm_arcface", 8, 5)
     with pytest.raises(KeyError, match="wrappers do not stack"):
         build_head("focal_focal_cosface", 8, 5)
-    with pytest.raises(KeyError, match="unknown head 'focal_nohead': 'nohead' is not registered; known: a_softmax, am_softmax"):
+    known = "known: a_softmax, am_softmax"
+    with pytest.raises(KeyError, match=f"unknown head 'focal_nohead': 'nohead' is not registered; {known}"):
         build_head("focal_nohead", 8, 5)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\)"):
         build_head("focal_arcface", 8, 5)(torch.randn(2, 8), torch.tensor([0, 5]))

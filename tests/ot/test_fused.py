@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from otface.ot import cosine_cost, cosine_sinkhorn
-from otface.ot import fused
+from otface.ot import cosine_cost, cosine_sinkhorn, fused
 from otface.ot.fused import DEFAULT_BLOCK, fused_cosine_sinkhorn
 from otface.ot.sinkhorn import KERNEL_MAX_RANGE
 

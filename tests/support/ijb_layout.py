@@ -48,5 +48,5 @@ def write_layout(root, name="ijbc"):
     meta = root / "meta"
     (meta / f"{name}_face_tid_mid.txt").write_text("".join(f"{i} {t} {m}\n" for i, t, m in IMAGES))
     (meta / f"{name}_name_5pts_score.txt").write_text("\n".join(lines) + "\n")
-    (meta / f"{name}_template_pair_label.txt").write_text("".join(f"{a} {b} {l}\n" for a, b, l in PAIRS))
+    (meta / f"{name}_template_pair_label.txt").write_text("".join(f"{a} {b} {label}\n" for a, b, label in PAIRS))
     return frames, faceness.astype(np.float32)

@@ -144,7 +144,8 @@ def _train(out, cache, processes, *extra, resume=False):
     launcher = (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
                 if processes > 1 else [])
     return subprocess.Popen([sys.executable, *launcher, "-m", "otface", "train", "--out", str(out),
-                             *["--resume"] * resume, *RUN_ARGS, cache, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             *["--resume"] * resume, *RUN_ARGS, cache, *extra], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
 

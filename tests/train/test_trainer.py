@@ -20,7 +20,6 @@ from otface.train.trainer import NonFiniteLossError, NonFiniteWeightsError, Trai
 from support.runs import TINY
 
 
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return f"data.synthetic.cache_dir={tmp_path_factory.mktemp('synth')}"
