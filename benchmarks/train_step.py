@@ -23,7 +23,7 @@ steps compile).
 
 ``--classes N`` trains the head over N classes instead of the data set's D identities (N >= D):
 after the trainer is built its head is replaced by one over N classes, built by the trainer's own
-``_build_head`` (a :class:`~otface.heads.partial_fc.PartialFC` shard per process under torchrun or
+``build_class_head`` (a :class:`~otface.heads.partial_fc.PartialFC` shard per process under torchrun or
 with ``head.sample_rate`` < 1), its optimiser by an SGD over the new parameters, and each identity
 of the data set is relabelled to a distinct random class in [0, N), so the batches keep their
 P x K identity structure (the groups the OT loss mines). Auxiliary losses (``losses.*``) are sized
@@ -48,7 +48,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -56,25 +55,21 @@ import torch
 from otface.config import Config, load_config
 from otface.errors import ConfigError
 from otface.heads.partial_fc import PartialFC
+from otface.train.components import build_class_head, named_parameters
 from otface.train.distributed import Processes, close_distributed, init_distributed, training_device
 from otface.train.trainer import Trainer
 
 
 def widen_head(trainer: Trainer, classes: int) -> None:
-    """Give ``trainer`` a head over ``classes`` classes, built by its own ``_build_head`` (which
-    reads the class count from its data set), and an optimiser over the new parameters."""
+    """Give ``trainer`` a head over ``classes`` classes, built as the trainer builds its own
+    (:func:`~otface.train.components.build_class_head`), and an optimiser over the new parameters."""
     if trainer.cfg.losses:
         raise ConfigError("--classes: the auxiliary losses (losses.*) are sized by the data set's classes")
     if classes < trainer.dataset.num_classes:
         raise ConfigError(f"--classes {classes}: fewer than the data set's {trainer.dataset.num_classes} identities")
-    dataset = trainer.dataset
-    trainer.dataset = SimpleNamespace(num_classes=classes)
-    try:
-        trainer.head = trainer._build_head()
-    finally:
-        trainer.dataset = dataset
+    trainer.head = build_class_head(trainer.cfg, trainer.procs, classes, trainer.device)
     o = trainer.cfg.optim
-    trainer.named_params = trainer._named_parameters()
+    trainer.named_params = named_parameters(trainer.backbone, trainer.head, trainer.aux_losses)
     trainer.params = [p for _, p, _ in trainer.named_params]
     trainer.optimizer = torch.optim.SGD(trainer.params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 

@@ -22,33 +22,42 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from otface.checkpoint import check_entries, load_checkpoint, load_into, read_weights, save_checkpoint
+from otface.checkpoint import check_entries, load_checkpoint, load_into, save_checkpoint
 from otface.config import Config, save_config
-from otface.data.samplers import PKBatchSampler, RandomBatchSampler
 from otface.data.skipping import BadSample, collate_skipping
 from otface.data.transforms import flip_draws, flip_images, network_input
 from otface.errors import ConfigError, ModelFileError, RunError
 from otface.eval.verification_suite import SUMMARY_KEYS, VerificationSuite, format_tar
-from otface.heads import MiningHead, build_head
-from otface.heads.partial_fc import PartialFC, gradient_scaled, init_class_rows, shard_bounds
-from otface.losses import OTLoss, build_aux_loss
+from otface.heads.partial_fc import PartialFC, gradient_scaled
+from otface.losses import build_aux_loss
 from otface.models import build_backbone
 from otface.progress import progress_bar
+from otface.train.components import (
+    build_class_head,
+    build_model,
+    build_sampler,
+    build_scaler,
+    build_terms,
+    check_device_options,
+    init_from,
+    named_parameters,
+    whole_head,
+)
 from otface.train.data import open_training_set, prepare_data
 from otface.train.distributed import SINGLE, Processes, barrier, broadcast_value, global_sum, training_device
+from otface.train.gradients import clip_global_norm, sync_replicated_gradients
 from otface.train.metrics import MetricsLog
 from otface.train.run_folder import CHECKPOINT
 from otface.train.schedule import lr_factor
+from otface.train.state import TrainState, cuda_rng_states, load_optimizer_state, new_window, optimizer_state
 
 log = logging.getLogger("otface.train")
 
@@ -66,33 +75,6 @@ class NonFiniteWeightsError(RunError):
     """The weights became NaN or infinite; they are not saved over the last good checkpoint."""
 
 
-def _new_window() -> dict[str, Any]:
-    """Sums over the steps since the last log line (checkpointed, so a resumed run logs the same)."""
-    return {"loss": 0.0, "terms": {}, "groups": 0, "n": 0, "images": 0, "seconds_at_start": 0.0}
-
-
-@dataclass
-class TrainState:
-    """What a checkpoint stores besides the weights: where the run is and what it has seen."""
-
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    step: int = 0
-    images: int = 0
-    seconds: float = 0.0
-    hard_groups: int = 0
-    skipped_steps: int = 0
-    bad_in_row: int = 0  # consecutive non-finite losses; spans epochs
-    samples: int = 0  # drawn from the loader, readable or not
-    skipped_samples: int = 0
-    bad_samples: list = field(default_factory=list)
-    history: list = field(default_factory=list)
-    window: dict = field(default_factory=_new_window)
-    resumes: list = field(default_factory=list)  # per --resume: the step, the settings changed, the processes
-    overflow_steps: int = 0  # fp16 steps the gradient scaler skipped
-    world_size: int = 1  # processes of the run so far (the last resume's)
-
-
 def make_deterministic(device: torch.device, deterministic: bool) -> None:
     """Deterministic kernels: always on the CPU (where they cost next to nothing), on CUDA when
     asked (cuDNN's autotuner off, cuBLAS with a fixed workspace; slower). An operation without a
@@ -104,42 +86,6 @@ def make_deterministic(device: torch.device, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True)
-
-
-class FeatureForward(nn.Module):
-    """The backbone's ``forward_features`` as a module's forward, for DDP and torch.compile:
-    images (N, 3, S, S) -> (embeddings (N, E), {stage: feature maps})."""
-
-    def __init__(self, backbone: nn.Module, stages: tuple[str, ...]) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.stages = stages
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.backbone.forward_features(images, list(self.stages))
-
-
-@dataclass
-class LossTerm:
-    """An auxiliary term ``weight * module(...)`` of the total loss (Eq. 10 and SPEC §3).
-
-    ``stage`` names the backbone stage whose feature maps the term reads -- the OT loss's, which
-    returns an :class:`~otface.losses.OTLossOutput` -- or is None for a loss of the embeddings,
-    ``module(embeddings, labels, head=head)``.
-    """
-
-    name: str
-    module: nn.Module
-    weight: float
-    stage: str | None = None
-
-    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor, head: nn.Module,
-                 features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """The term's unweighted loss and the hard groups it used."""
-        if self.stage is None:
-            return self.module(embeddings, labels, head=head), 0
-        out = self.module(features[self.stage], embeddings, labels)
-        return out.loss, out.num_groups
 
 
 @dataclass
@@ -167,7 +113,7 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)  # the same stream on every process
         self.device = training_device(cfg.train.device)
-        self._check_device_options()
+        check_device_options(cfg, self.device, procs)
         make_deterministic(self.device, cfg.train.deterministic)
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # exp(-C/eps) underflows to denormals, slow on CPUs
@@ -185,25 +131,25 @@ class Trainer:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         if cfg.train.sync_bn:
             self.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(self.backbone)
-        self.head = self._build_head()
+        self.head = build_class_head(cfg, procs, self.dataset.num_classes, self.device)
         self.aux_losses = nn.ModuleDict({
             name: build_aux_loss(name, embedding_size=cfg.model.embedding_size,
                                  num_classes=self.dataset.num_classes, **spec.get("params", {}))
             for name, spec in cfg.losses.items()
         }).to(self.device)
         if cfg.model.init_from:
-            self._init_from(Path(cfg.model.init_from))
-        self.terms = self._build_terms()
-        self.model = self._build_model()
+            init_from(Path(cfg.model.init_from), cfg, self.backbone, self.head, self.dataset.num_classes)
+        self.terms = build_terms(cfg, self.backbone, self.aux_losses)
+        self.model = build_model(cfg, self.backbone, self.terms, procs, self.device)
         self.validation = VerificationSuite(val_paths, image_size=cfg.model.input_size) if procs.is_main else None
 
-        self.named_params = self._named_parameters()
+        self.named_params = named_parameters(self.backbone, self.head, self.aux_losses)
         self.params = [p for _, p, _ in self.named_params]
         self.optimizer = torch.optim.SGD(
             self.params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
         )
-        self.scaler = self._build_scaler()
-        self.sampler = self._build_sampler()
+        self.scaler = build_scaler(cfg, procs, self.device)
+        self.sampler = build_sampler(cfg, self.dataset, procs)
         self.steps_per_epoch = len(self.sampler) // cfg.optim.grad_accum
         if self.steps_per_epoch < 1:
             raise ConfigError(f"{len(self.sampler)} micro-batches per epoch, fewer than optim.grad_accum="
@@ -218,15 +164,6 @@ class Trainer:
                                   if on_cpu_with_workers else None)
 
     # ----------------------------------------------------------------------------- construction
-    def _check_device_options(self) -> None:
-        t = self.cfg.train
-        for key, on in (("train.compile", t.compile), ("train.channels_last", t.channels_last),
-                        ("train.sync_bn", t.sync_bn)):
-            if on and self.device.type != "cuda":
-                raise ConfigError(f"{key}=true needs a CUDA device; this run trains on {self.device}")
-        if t.sync_bn and not self.procs.distributed:
-            raise ConfigError("train.sync_bn=true synchronises several processes: launch with torchrun")
-
     def _prepare_data(self) -> tuple[Path, dict[str, Path]]:
         """The data folders; the first process of each machine generates the synthetic set (into
         that machine's cache) while the others wait, then find it cached."""
@@ -236,102 +173,10 @@ class Trainer:
         barrier(self.procs)
         return found if first else prepare_data(self.cfg.data, progress=False)
 
-    def _build_head(self) -> nn.Module:
-        """The head over this process's classes: the plain head for one process scoring every
-        class, else a :class:`PartialFC` shard. A class's initial weights do not depend on the
-        shards, and building the head leaves torch's random stream as it was."""
-        cfg, procs, classes = self.cfg, self.procs, self.dataset.num_classes
-        sharded = procs.distributed or cfg.head.sample_rate < 1
-        if sharded and "discface" in cfg.losses:
-            raise ConfigError("losses.discface reads every class centre of the head in each process: it cannot "
-                              "train with several processes or head.sample_rate < 1")
-        lo, hi = shard_bounds(classes, procs.rank, procs.world_size)
-        if hi <= lo:
-            raise ConfigError(f"{classes} classes cannot be split between {procs.world_size} processes")
-        with torch.random.fork_rng(devices=[]):
-            head = build_head(cfg.head.name, cfg.model.embedding_size, hi - lo, **cfg.head.params)
-        inner = head.head if isinstance(head, MiningHead) else head
-        init_class_rows(inner.weight.data, lo, cfg.train.seed)
-        if sharded:
-            head = PartialFC(head, classes, rank=procs.rank, world_size=procs.world_size,
-                             group=procs.head_group, sample_rate=cfg.head.sample_rate, seed=cfg.train.seed)
-        return head.to(self.device)
-
-    def _init_from(self, path: Path) -> None:
-        """``model.init_from``: the backbone's weights (they must fit the configured backbone), and
-        the head's when the file has a head over as many classes as this data set."""
-        backbone, head = read_weights(path)
-        load_into(self.backbone, backbone, path, f"its backbone weights do not fit {self.cfg.model.backbone} with "
-                                                 f"model.params={self.cfg.model.params}")
-        classes = self.dataset.num_classes
-        rows = (head or {}).get("head.weight" if isinstance(self.full_head, MiningHead) else "weight")
-        if rows is not None and rows.shape[0] == classes:
-            loader = self.head.load_full_state_dict if isinstance(self.head, PartialFC) else self.head
-            load_into(loader, head, path, "its head does not fit this run's")
-            log.info("initialised the backbone and the head from %s", path)
-        else:
-            log.info("initialised the backbone from %s; the head starts afresh (%s)", path,
-                     "the file has none" if rows is None else f"{rows.shape[0]} classes there, {classes} here")
-
-    def _build_terms(self) -> list[LossTerm]:
-        o = self.cfg.ot
-        terms = []
-        if o.weight > 0:
-            if o.stage not in self.backbone.stage_names:
-                raise ConfigError(f"ot.stage {o.stage!r} is not a stage of {self.cfg.model.backbone}: "
-                                  f"choose one of {list(self.backbone.stage_names)}")
-            ot = OTLoss(eps=o.eps, iters=o.iters, tol=o.tol or None, grad=o.grad, margin=o.margin,
-                        mining_margin=o.mining_margin, max_groups=o.max_groups or None,
-                        reduction=o.reduction, chunk_size=o.chunk_size)
-            terms.append(LossTerm("ot", ot, o.weight, stage=o.stage))
-        terms += [LossTerm(name, self.aux_losses[name], float(spec["weight"]))
-                  for name, spec in self.cfg.losses.items()]
-        return terms
-
-    def _build_model(self) -> nn.Module:
-        """The forward of the backbone and the stages the terms read: under DDP with several
-        processes, compiled when ``train.compile``."""
-        stages = tuple(dict.fromkeys(term.stage for term in self.terms if term.stage is not None))
-        model: nn.Module = FeatureForward(self.backbone, stages)
-        if self.procs.distributed:
-            devices = [self.device.index] if self.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=devices)
-        if self.cfg.train.compile:
-            model = torch.compile(model)
-        return model
-
-    def _build_scaler(self) -> torch.amp.GradScaler:
-        """fp16's loss scaler; with several processes one that skips a step on all of them when the
-        gradients of any overflowed (each holds other class rows)."""
-        enabled = self.cfg.train.amp == "fp16"
-        if self.procs.distributed:
-            return ShardedGradScaler(self.device.type, enabled=enabled, process_group=torch.distributed.group.WORLD)
-        return torch.amp.GradScaler(self.device.type, enabled=enabled)
-
     @property
     def full_head(self) -> nn.Module:
         """The module whose state is the whole head's: the head, or a shard's wrapped head."""
-        return self.head.head if isinstance(self.head, PartialFC) else self.head
-
-    def _named_parameters(self) -> list[tuple[str, nn.Parameter, bool]]:
-        """(checkpoint name, parameter, whether its rows are this process's classes) of every
-        trained parameter, in the optimiser's order."""
-        rows = self.head.class_tables if isinstance(self.head, PartialFC) else frozenset()
-        return ([(f"backbone.{n}", p, False) for n, p in self.backbone.named_parameters()]
-                + [(f"head.{n}", p, n in rows) for n, p in self.full_head.named_parameters()]
-                + [(f"losses.{n}", p, False) for n, p in self.aux_losses.named_parameters()])
-
-    def _build_sampler(self) -> PKBatchSampler | RandomBatchSampler:
-        d, o, seed = self.cfg.data, self.cfg.optim, self.cfg.train.seed
-        where = {"rank": self.procs.rank, "world_size": self.procs.world_size}
-        try:
-            if d.sampler == "pk":
-                return PKBatchSampler(self.dataset.labels, o.batch_size, d.images_per_identity, seed=seed, **where)
-            return RandomBatchSampler(len(self.dataset), o.batch_size, seed=seed, **where)
-        except ValueError as err:  # the samplers' own checks of sizes against the data
-            raise ConfigError(f"data.sampler={d.sampler}, optim.batch_size={o.batch_size}"
-                              f"{f' on {self.procs.world_size} processes' if self.procs.distributed else ''}: "
-                              f"{err}") from None
+        return whole_head(self.head)
 
     def _loader(self) -> torch.utils.data.DataLoader:
         self.sampler.set_epoch(self.state.epoch, start_batch=self.state.batch_in_epoch)
@@ -359,55 +204,6 @@ class Trainer:
             return "no checkpoint was written"
         return f"last good checkpoint: {self.checkpoint_path()} (step {self.saved_step})"
 
-    def _gather_rows(self, tensor: torch.Tensor, rows: bool) -> torch.Tensor | None:
-        return self.head.gather_rows(tensor) if rows else tensor
-
-    def _optimizer_state(self) -> dict[str, Any]:
-        """The optimiser's state by parameter name, class rows of every process gathered (a
-        collective; complete on rank 0)."""
-        saved = self.optimizer.state_dict()
-        state = {}
-        for index, (name, p, rows) in enumerate(self.named_params):
-            entry = saved["state"].get(index, {})
-            state[name] = {key: self._gather_rows(value, rows and torch.is_tensor(value) and value.shape == p.shape)
-                           for key, value in entry.items()}
-        groups = [{k: v for k, v in group.items() if k != "params"} for group in saved["param_groups"]]
-        return {"state": state, "param_groups": groups}
-
-    def _load_optimizer_state(self, saved: Any, path: Path) -> None:
-        """:meth:`_optimizer_state` of any number of processes into this process's optimiser."""
-        if not (isinstance(saved, dict) and isinstance(saved.get("state"), dict)
-                and isinstance(saved.get("param_groups"), list)):
-            raise ModelFileError(f"{path}: its optimizer state is not one this version of otface wrote")
-        names = {name for name, _, _ in self.named_params}
-        unknown = sorted(set(saved["state"]) - names)
-        if unknown:
-            raise ModelFileError(f"{path}: its optimizer has state for parameters this run does not have "
-                                 f"({', '.join(unknown[:3])}...)")
-        state = {}
-        try:
-            for index, (name, p, rows) in enumerate(self.named_params):
-                entry = saved["state"].get(name)
-                if entry:
-                    state[index] = {key: self.head.split_rows(value) if rows and torch.is_tensor(value)
-                                    and value.ndim == p.ndim else value for key, value in entry.items()}
-        except ValueError as err:
-            raise ModelFileError(f"{path}: its optimizer does not fit this run's: {err}") from None
-        groups = [dict(group, params=list(range(len(self.params)))) for group in saved["param_groups"]]
-        load_into(self.optimizer, {"state": state, "param_groups": groups}, path,
-                  "its optimizer does not fit this run's")
-
-    def _cuda_rng_states(self) -> list[torch.Tensor]:
-        """Every process's CUDA generator state (empty on the CPU); a collective."""
-        if self.device.type != "cuda":
-            return []
-        mine = torch.cuda.get_rng_state(self.device).to(self.device)
-        if not self.procs.distributed:
-            return [mine.cpu()]
-        states = [torch.empty_like(mine) for _ in range(self.procs.world_size)]
-        torch.distributed.all_gather(states, mine)
-        return [s.cpu() for s in states]
-
     def save(self) -> None:
         """Write ``last.pt`` atomically (rank 0), holding the whole head and optimiser state;
         weights that became non-finite are never written (a :class:`NonFiniteWeightsError` on
@@ -421,8 +217,8 @@ class Trainer:
                 f"({f'{len(bad)} tensors, e.g. {bad[0]}' if bad else 'on another process'}; "
                 f"optim.lr={self.cfg.optim.lr:g} may be too high): not saved; {self._last_good()}")
         head = self.head.full_state_dict() if isinstance(self.head, PartialFC) else self.head.state_dict()
-        optimizer = self._optimizer_state()
-        cuda_rng = self._cuda_rng_states()
+        optimizer = optimizer_state(self.optimizer, self.named_params, self.head)
+        cuda_rng = cuda_rng_states(self.device, self.procs)
         failure = None
         if self.procs.is_main:
             state = {
@@ -460,7 +256,7 @@ class Trainer:
         head = self.head.load_full_state_dict if isinstance(self.head, PartialFC) else self.head
         load_into(head, ckpt["head"], path, "its head does not fit this run's")
         load_into(self.aux_losses, ckpt["losses"], path, "its losses do not fit this run's")
-        self._load_optimizer_state(ckpt["optimizer"], path)
+        load_optimizer_state(self.optimizer, self.named_params, self.head, ckpt["optimizer"], path)
         if ckpt["scaler"] and self.scaler.is_enabled():
             load_into(self.scaler, ckpt["scaler"], path, "its gradient scaler state is not one this version reads")
         known = {f.name for f in dataclasses.fields(TrainState)}
@@ -530,32 +326,6 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
-    def _sync_replicated_gradients(self) -> None:
-        """Gradients of the parameters outside DDP that every process holds: the head's replicated
-        ones summed (:meth:`PartialFC.sync_replicated_gradients`), the auxiliary losses' averaged."""
-        if not self.procs.distributed:
-            return
-        self.head.sync_replicated_gradients()
-        for p in self.aux_losses.parameters():
-            if p.grad is not None:
-                torch.distributed.all_reduce(p.grad)
-                p.grad /= self.procs.world_size
-
-    def _clip_gradients(self, max_norm: float) -> None:
-        """Scale the gradients so that the norm of the whole model's gradient -- every process's
-        class rows counted once -- is at most ``max_norm``; the same factor on every process."""
-        replicated = [p.grad for _, p, rows in self.named_params if p.grad is not None and not rows]
-        sharded = [p.grad for _, p, rows in self.named_params if p.grad is not None and rows]
-
-        def squares(grads: list[torch.Tensor]) -> torch.Tensor:
-            return sum((g.detach().double().square().sum() for g in grads), torch.zeros((), dtype=torch.float64,
-                                                                                     device=self.device))
-
-        total = squares(replicated) + global_sum(squares(sharded).reshape(1), self.procs)[0]
-        factor = (max_norm / (total.sqrt() + 1e-6)).clamp(max=1.0)
-        for g in replicated + sharded:
-            g.mul_(factor.to(g.dtype))
-
     def step(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> StepResult | None:
         """One optimiser step over ``batches``, the micro-batches (inputs, labels) of this process.
 
@@ -577,10 +347,10 @@ class Trainer:
         if sums[0] > 0:
             self.optimizer.zero_grad(set_to_none=True)
             return None
-        self._sync_replicated_gradients()
+        sync_replicated_gradients(self.head, self.aux_losses, self.procs)
         if self.cfg.optim.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            self._clip_gradients(self.cfg.optim.grad_clip)
+            clip_global_norm(self.named_params, self.cfg.optim.grad_clip, self.procs, self.device)
         scale = self.scaler.get_scale()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -776,7 +546,7 @@ class Trainer:
         parts = ", ".join(f"{name} {value / n:.4f}" for name, value in window["terms"].items())
         log.info("epoch %d step %d | lr %.4g | loss %.4f (%s) | hard groups %.1f | %.1f img/s",
                  row["epoch"], row["step"], lr, row["loss"], parts, row["hard_groups"], row["images_per_second"])
-        st.window = _new_window() | {"seconds_at_start": st.seconds}
+        st.window = new_window() | {"seconds_at_start": st.seconds}
 
     def _log_validation(self, results: dict[str, dict[str, Any]]) -> None:
         for name, r in results.items():
