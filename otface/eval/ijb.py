@@ -48,7 +48,7 @@ from otface.data.ijb import IJBMeta, iter_ijb_chunks, load_ijb_meta
 from otface.data.transforms import network_input
 from otface.errors import ConfigError, RunError
 from otface.eval.embed import extract_embeddings
-from otface.eval.plots import curve_auc
+from otface.eval.verification import curve_auc
 
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 _PAIRS = 100_000  # pairs per step when scoring

@@ -11,13 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def curve_auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
-    """Trapezoidal area under a ROC curve given as points, closed by (0, 0) and (1, 1)."""
-    order = np.argsort(fpr, kind="stable")
-    x = np.concatenate([[0.0], np.asarray(fpr, dtype=float)[order], [1.0]])
-    y = np.concatenate([[0.0], np.asarray(tpr, dtype=float)[order], [1.0]])
-    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
+from otface.eval.verification import curve_auc  # noqa: E402
 
 
 def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "ROC") -> Path:

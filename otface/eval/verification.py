@@ -176,3 +176,11 @@ def verification(
         "tpr": np.mean(tprs, 0),
         "fpr": np.mean(fprs, 0),
     }
+
+
+def curve_auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Trapezoidal area under a ROC curve given as points, closed by (0, 0) and (1, 1)."""
+    order = np.argsort(fpr, kind="stable")
+    x = np.concatenate([[0.0], np.asarray(fpr, dtype=float)[order], [1.0]])
+    y = np.concatenate([[0.0], np.asarray(tpr, dtype=float)[order], [1.0]])
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))

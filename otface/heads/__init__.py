@@ -18,7 +18,8 @@ from otface.heads.cosface import CosFace
 from otface.heads.curricular import CurricularFace
 from otface.heads.elastic import ElasticArcFace, ElasticArcFacePlus, ElasticCosFace, ElasticCosFacePlus
 from otface.heads.focal import Focal
-from otface.heads.hard_mining import HardMining, MiningHead
+from otface.heads.hard_mining import HardMining
+from otface.heads.mining import MiningHead
 from otface.heads.mv_softmax import MVAMSoftmax, MVArcSoftmax
 from otface.heads.normface import NormFace
 from otface.heads.softmax import Softmax

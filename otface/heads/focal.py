@@ -7,7 +7,7 @@ import math
 import torch
 
 from otface.heads.base import MarginHead
-from otface.heads.hard_mining import MiningHead
+from otface.heads.mining import MiningHead
 
 
 class Focal(MiningHead):

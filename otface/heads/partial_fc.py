@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 from otface.heads.base import MarginHead
-from otface.heads.hard_mining import MiningHead
+from otface.heads.mining import MiningHead
 
 
 def shard_bounds(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from otface.losses.checks import checked_batch, mean_or_zero
-from otface.losses.triplet import unit_sq_distances
+from otface.losses.distances import unit_sq_distances
 
 _TINY_SQ_DISTANCE = 1e-12  # below it sqrt(d^2) is held (its gradient 1/(2d) would overflow)
 

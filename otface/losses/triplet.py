@@ -19,19 +19,12 @@ the gradient flows through d(a, p) and d(a, n) of the mined triplets.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from otface.losses.checks import checked_batch, mean_or_zero
+from otface.losses.distances import unit_sq_distances
 
 MINING = ("semi_hard", "batch_hard")
-
-
-def unit_sq_distances(embeddings: Tensor) -> Tensor:
-    """(N, E) -> (N, N) squared L2 distances |u_i - u_j|^2 = 2 - 2 cos_ij of the normalised
-    embeddings u, clamped at 0, in the embeddings' dtype (call it outside autocast)."""
-    u = F.normalize(embeddings, dim=1)
-    return (2.0 - 2.0 * (u @ u.T)).clamp_min(0.0)
 
 
 def semi_hard_triplets(dist: Tensor, same: Tensor) -> Tensor:

@@ -6,8 +6,8 @@ from torch import nn
 
 from otface.errors import DataError, ModelFileError
 from otface.eval import extract_embeddings, plot_roc, verification
-from otface.eval.plots import curve_auc, plot_cmc
-from otface.eval.verification import VAL_THRESHOLDS, far_threshold, kfold_indices, unbalanced_folds
+from otface.eval.plots import plot_cmc
+from otface.eval.verification import VAL_THRESHOLDS, curve_auc, far_threshold, kfold_indices, unbalanced_folds
 
 
 def normalised_dist(e1, e2):
