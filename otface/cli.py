@@ -1,5 +1,6 @@
-"""Command line: ``otface train``, ``otface eval``, ``otface export``,
-``otface data {align,pack,pairs,unpack}``, ``otface synth``.
+"""Command line: ``otface train``, ``otface eval``, ``otface export``, ``otface embed``,
+``otface configs``, ``otface data {align,pack,pairs,unpack}``, ``otface synth``; ``python -m otface``
+is the same (the form torchrun starts).
 
 ``otface train`` with no arguments generates (once, cached) the synthetic face set, trains
 OTFace (ArcFace + OT loss) on it, evaluates the easy and hard verification protocols, prints a
