@@ -136,6 +136,11 @@ def check_entries(ckpt: dict[str, Any], path: str | os.PathLike, entries: tuple[
         raise ModelFileError(f"{path}: not an otface training checkpoint (no {', '.join(map(repr, missing))} entry)")
 
 
+def is_state_dict(loaded: dict[str, Any]) -> bool:
+    """Whether a loaded file is a bare state dict: tensors by parameter name, nothing else."""
+    return bool(loaded) and all(isinstance(key, str) and torch.is_tensor(value) for key, value in loaded.items())
+
+
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
     """(backbone state, head state or None) of an otface training checkpoint, or of a bare
     backbone state dict (insightface's model-zoo ``backbone.pth``; a ``module.`` prefix of
@@ -148,7 +153,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     loaded = load_checkpoint(path)
     if "backbone" in loaded and "config" in loaded:
         return loaded["backbone"], loaded.get("head")
-    if loaded and all(isinstance(key, str) and torch.is_tensor(value) for key, value in loaded.items()):
+    if is_state_dict(loaded):
         if all(key.startswith("module.") for key in loaded):
             loaded = {key.removeprefix("module."): value for key, value in loaded.items()}
         return loaded, None

@@ -122,6 +122,13 @@ def _latest_run(checkpoint: str) -> Path:
     return runs[-1]
 
 
+def _resumed_dir(args: argparse.Namespace) -> Path:
+    """The run folder ``--resume`` continues: ``--out``, or the latest run with a checkpoint."""
+    from otface.train.run_folder import CHECKPOINT
+
+    return Path(args.out) if args.out else _latest_run(CHECKPOINT)
+
+
 def _default_run_dir(cfg: Config) -> Path:
     tag = cfg.head.name + ("-ot" if cfg.ot.weight > 0 else "")
     return RUNS / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
@@ -170,8 +177,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.print_config:
         if args.resume:
-            run_dir = Path(args.out) if args.out else _latest_run(CHECKPOINT)
-            cfg = _resumed_config(args, run_dir / CHECKPOINT)[0]
+            cfg = _resumed_config(args, _resumed_dir(args) / CHECKPOINT)[0]
         else:
             cfg = load_config(args.config, args.overrides)
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
@@ -181,7 +187,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         stack.callback(close_distributed)
         if args.resume:
-            run_dir = Path(args.out) if args.out else _latest_run(CHECKPOINT)
+            run_dir = _resumed_dir(args)
             if os.environ.get("RANK", "0") == "0":  # rank 0 of a torchrun launch, or the one process
                 stack.enter_context(hold_run_folder(run_dir))
             cfg, ckpt, changes = _resumed_config(args, run_dir / CHECKPOINT)

@@ -11,7 +11,7 @@ import otface
 
 PACKAGE = Path(otface.__file__).parent
 LAYERS = {"ot": 1, "models": 2, "heads": 2, "losses": 2, "data": 3, "eval": 4, "train": 5, "cli": 6, "__main__": 6}
-CORE = 0  # otface/*.py modules not listed: errors, files, registry, progress, config, checkpoint
+CORE = 0  # otface/*.py modules not listed: errors, files, registry, progress, parallel, config, checkpoint
 
 
 def unit(module: str) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from otface.checkpoint import check_entries, load_checkpoint, load_into, read_weights
+from otface.checkpoint import check_entries, is_state_dict, load_checkpoint, load_into, read_weights
 from otface.config import Config, config_from_dict, load_config
 from otface.errors import ConfigError, InputNotFoundError, ModelFileError, one_line
 from otface.models import BACKBONES, build_backbone
@@ -83,7 +83,7 @@ def backbone_from_checkpoint(path: str | os.PathLike, arch: str | None = None) -
         load_into(model, state, path, f"its weights do not fit {arch} at insightface's settings (112 px, 512-d)")
         return model.eval(), cfg
     ckpt = load_checkpoint(path)
-    if "config" not in ckpt and ckpt and all(torch.is_tensor(value) for value in ckpt.values()):
+    if is_state_dict(ckpt):
         raise ModelFileError(f"{path}: a bare state dict, no otface checkpoint: name its architecture with --arch "
                              f"(one of {', '.join(BACKBONES.names())})")
     check_entries(ckpt, path, ("backbone", "config"))

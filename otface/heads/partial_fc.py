@@ -37,6 +37,7 @@ from torch import nn
 
 from otface.heads.base import MarginHead
 from otface.heads.mining import MiningHead
+from otface.parallel import all_gathered
 
 
 def shard_bounds(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -92,9 +93,7 @@ class _GatherOverProcesses(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
         ctx.group, ctx.rows = group, len(x)
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(parts, x.contiguous(), group=group)
-        return torch.cat(parts)
+        return all_gathered(x, group)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -175,9 +174,7 @@ class PartialFC(nn.Module):
         """The global batch: every process's (B, E) embeddings (differentiable) and (B,) labels, in rank order."""
         if not self._distributed():
             return embeddings, labels
-        gathered = [torch.empty_like(labels) for _ in range(self.world_size)]
-        dist.all_gather(gathered, labels.contiguous(), group=self.group)
-        return _GatherOverProcesses.apply(embeddings, self.group), torch.cat(gathered)
+        return _GatherOverProcesses.apply(embeddings, self.group), all_gathered(labels, self.group)
 
     # ---------------------------------------------------------------------------- sampling
     def sample_classes(self, labels: torch.Tensor) -> torch.Tensor | None:

@@ -20,21 +20,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from otface.losses.checks import checked_batch, mean_or_zero
-
-
-def all_gathered(x: Tensor) -> Tensor:
-    """(N, ...) local tensor -> (world_size * N, ...) concatenation of every process's tensor in
-    rank order; ``x`` itself when torch.distributed is not initialised. N must be equal on all
-    processes."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+from otface.parallel import all_gathered
 
 
 class CenterLoss(nn.Module):

@@ -30,12 +30,14 @@ class Processes:
         world_size: number of processes; 1 without torchrun.
         local_rank: index on this machine (its GPU).
         head_group: the process group of the sharded head's collectives, apart from DDP's.
+        device: where this process's collectives run (its GPU under NCCL, the CPU under gloo).
     """
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     head_group: Any = None
+    device: torch.device = torch.device("cpu")
 
     @property
     def is_main(self) -> bool:
@@ -113,7 +115,7 @@ def init_distributed(device: torch.device) -> Processes:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     return Processes(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                     head_group=dist.new_group(timeout=TIMEOUT))
+                     head_group=dist.new_group(timeout=TIMEOUT), device=device)
 
 
 def close_distributed() -> None:
@@ -123,10 +125,13 @@ def close_distributed() -> None:
 
 
 def global_sum(values: torch.Tensor, procs: Processes) -> torch.Tensor:
-    """Sum of a small tensor over the processes (itself for one)."""
-    if procs.distributed:
-        dist.all_reduce(values)
-    return values
+    """Sum of a small tensor over the processes, on the tensor's device; ``values`` itself for one
+    process (no copy to the collectives' device then, so a single process pays nothing)."""
+    if not procs.distributed:
+        return values
+    summed = values.to(procs.device)
+    dist.all_reduce(summed)
+    return summed.to(values.device)
 
 
 def barrier(procs: Processes) -> None:

@@ -25,8 +25,8 @@ METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 
 
-def tensorboard_writer(folder: Path, purge_step: int | None) -> Any:
-    """A ``torch.utils.tensorboard.SummaryWriter`` on ``folder`` (events after ``purge_step``
+def tensorboard_writer(folder: Path, purge_step: int) -> Any:
+    """A ``torch.utils.tensorboard.SummaryWriter`` on ``folder`` (events from ``purge_step`` on
     dropped), or None when tensorboard is not installed."""
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -35,23 +35,30 @@ def tensorboard_writer(folder: Path, purge_step: int | None) -> Any:
     return SummaryWriter(str(folder), purge_step=purge_step)
 
 
+def _step(line: str) -> float:
+    """The step of a record line; infinite (never kept) for a line that is not a whole record."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return math.inf
+    return record["step"] if isinstance(record, dict) and isinstance(record.get("step"), int) else math.inf
+
+
 class MetricsLog:
     """The records of one run folder, written by the process that writes the folder.
 
     Args:
         run_dir: the run folder.
-        resumed_step: the step a resumed run continues from (records after it are dropped); None
-            for a new run.
+        resumed_step: the step the run continues from: records after it -- written by a run killed
+            after its checkpoint -- are dropped, and so is a line a kill cut short; 0 for a new run.
     """
 
-    def __init__(self, run_dir: Path, resumed_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, resumed_step: int = 0) -> None:
         self.path = run_dir / METRICS
-        if resumed_step is not None and self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resumed_step]
+        if self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines() if _step(line) <= resumed_step]
             write_text_atomic(self.path, "".join(line + "\n" for line in kept))
-        self.writer = tensorboard_writer(run_dir / TENSORBOARD,
-                                         None if resumed_step is None else resumed_step + 1)
+        self.writer = tensorboard_writer(run_dir / TENSORBOARD, resumed_step + 1)
 
     def record(self, kind: str, step: int, values: dict[str, Any], group: str | None = None) -> None:
         """One record of ``values`` (numbers; None where a figure is undefined) at ``step``;

@@ -211,7 +211,7 @@ class Trainer:
         modules = {"backbone": self.backbone, "head": self.full_head, "losses": self.aux_losses}
         bad = [f"{part}.{name}" for part, module in modules.items() for name, t in module.state_dict().items()
                if t.is_floating_point() and not torch.isfinite(t).all()]
-        if global_sum(torch.tensor([len(bad)], device=self.device), self.procs).item():
+        if global_sum(torch.tensor([len(bad)]), self.procs).item():
             raise NonFiniteWeightsError(
                 f"the weights became non-finite by step {self.state.step} "
                 f"({f'{len(bad)} tensors, e.g. {bad[0]}' if bad else 'on another process'}; "
@@ -341,9 +341,10 @@ class Trainer:
             with sync:
                 loss, terms, groups = self._forward(images, labels)
                 self.scaler.scale(loss / len(batches)).backward()
-            local = torch.tensor([not math.isfinite(loss.item()), loss.item(), groups, len(labels),
-                                  *terms.values()], dtype=torch.float64)
-            sums += global_sum(local.to(self.device), self.procs).cpu()
+            value = loss.item()
+            local = torch.tensor([not math.isfinite(value), value, groups, len(labels), *terms.values()],
+                                 dtype=torch.float64)
+            sums += global_sum(local, self.procs)
         if sums[0] > 0:
             self.optimizer.zero_grad(set_to_none=True)
             return None
@@ -377,7 +378,6 @@ class Trainer:
                  len(self.dataset), self.dataset.num_classes, self.steps_per_epoch, self.device,
                  f"; {procs.world_size} processes" if procs.distributed else "")
         total_steps = self.steps_per_epoch * cfg.optim.epochs
-        # what a resumed run recorded after its checkpoint is dropped; a new run starts afresh
         self.metrics = MetricsLog(self.run_dir, self.saved_step or 0) if procs.is_main else None
         try:
             return self._train_to_the_end(total_steps)
@@ -414,7 +414,7 @@ class Trainer:
         lost = len(bad)
         counts = torch.tensor([lost + (0 if labels is None else len(labels)), lost, images is None,
                                bool(bad) and self.cfg.data.on_error == "raise"], dtype=torch.float64)
-        drawn, lost_all, empty, stop = global_sum(counts.to(self.device), self.procs).tolist()
+        drawn, lost_all, empty, stop = global_sum(counts, self.procs).tolist()
         self.state.samples += int(drawn)
         if stop:
             if bad and self.cfg.data.on_error == "raise":

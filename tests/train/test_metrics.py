@@ -64,6 +64,7 @@ def test_a_resumed_run_records_each_step_once(tmp_path, cache):
     run(tmp_path, cache, "optim.epochs=1")
     with (tmp_path / metrics.METRICS).open("a") as fh:  # a record written after the checkpoint, then killed
         fh.write(json.dumps({"kind": "train", "step": 5, "loss": 99.0}) + "\n")
+        fh.write('{"kind": "train", "st')  # a line the kill cut short
     run(tmp_path, cache, "optim.epochs=2", resume=True)
     train = [r for r in records(tmp_path) if r["kind"] == "train"]
     assert [r["step"] for r in train] == list(range(1, 9)) and 99.0 not in [r["loss"] for r in train]
