@@ -122,6 +122,17 @@ def _latest_run(checkpoint: str) -> Path:
     return runs[-1]
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse reports anything else in one line, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def _resumed_dir(args: argparse.Namespace) -> Path:
     """The run folder ``--resume`` continues: ``--out``, or the latest run with a checkpoint."""
     from otface.train.run_folder import CHECKPOINT
@@ -483,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--megaface", type=Path, help="MegaFace test pack folder (facescrub_lst, megaface_lst, ...)")
     ev.add_argument("--out", type=Path, help="output folder (default: <model folder>/eval)")
     ev.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda[:i]'")
-    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--batch-size", type=_positive_int, default=256)
     ev.add_argument("--workers", type=int, default=0, help="processes decoding and aligning IJB images")
     ev.add_argument("--skip-bad", action="store_true", help="leave unreadable IJB/MegaFace images out, count them")
     ev.set_defaults(func=cmd_eval)
@@ -507,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--arch", help=ARCH_HELP)
     embed.add_argument("--trust-model", action="store_true", help="load an exported .pt2 (see otface eval)")
     embed.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda[:i]'")
-    embed.add_argument("--batch-size", type=int, default=256)
+    embed.add_argument("--batch-size", type=_positive_int, default=256)
     embed.set_defaults(func=cmd_embed)
     return parser
 

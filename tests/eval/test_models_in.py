@@ -105,3 +105,16 @@ def test_embed_bad_input_is_one_line(state_dict, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("otface: error") == 1 and "Traceback" not in err, err
     assert not (tmp_path / "e.npy").exists()
+
+
+@pytest.mark.parametrize("command", ["embed", "eval"])
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_a_batch_size_that_is_no_positive_integer_is_one_line(state_dict, tmp_path, capsys, command, value):
+    _, path = state_dict
+    args = [str(tmp_path), str(tmp_path / "e.npy")] if command == "embed" else ["--bin", str(tmp_path / "a.bin")]
+    with pytest.raises(SystemExit) as exit_:
+        main([command, str(path), *args, "--arch", "mbf", "--batch-size", value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--batch-size: expected an integer >= 1" in err and "Traceback" not in err
+
