@@ -91,8 +91,11 @@ class OTSection:
     weight: float = _f(1.0, "w in L = L_head + w * L_OT (Eq. 10); 0 disables the OT loss", ge=0.0)
     stage: str = _f("layer2", "backbone stage whose feature maps are compared (Table V)")
     eps: float = _f(0.05, "entropic regulariser of Sinkhorn (Eq. 5)", gt=0.0)
-    iters: int = _f(30, "Sinkhorn iterations (Eq. 8)", ge=1)
-    tol: float = _f(0.0, "stop Sinkhorn early below this marginal error; 0: run all iterations", ge=0.0)
+    iters: int = _f(30, "Sinkhorn iterations (Eq. 8); with tol > 0 the most per problem", ge=1)
+    tol: float = _f(0.0, "stop each OT problem once its value's estimated relative error is below this; "
+                    "0: run all iterations", ge=0.0)
+    omega: float = _f(1.0, "over-relaxation of the Sinkhorn updates, in (0, 2); 1: plain Sinkhorn (Eq. 8)",
+                      gt=0.0, lt=2.0)
     grad: str = _f("envelope", "'envelope' (plan held fixed) or 'unrolled' (through the iterations)",
                    choices=("envelope", "unrolled"))
     margin: float = _f(0.0, "margin inside the hinge of Eq. 9")

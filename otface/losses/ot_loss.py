@@ -43,7 +43,8 @@ class OTLoss(nn.Module):
     """L_OT of Eq. 9 over the hard groups of a mini-batch.
 
     Args:
-        eps, iters, tol, grad: Sinkhorn settings (:func:`otface.ot.sinkhorn`).
+        eps, iters, tol, grad, omega: Sinkhorn settings (:func:`otface.ot.sinkhorn`; tol and omega:
+            :mod:`otface.ot.schedule`).
         margin: margin inside the hinge [.]_+ of Eq. 9 (0 in the paper).
         mining_margin: a group is hard when cos(a, p) + mining_margin < cos(a, n) (Eq. 1).
         max_groups: keep only this many hardest groups (None: all).
@@ -57,6 +58,7 @@ class OTLoss(nn.Module):
         iters: int = 50,
         tol: float | None = None,
         grad: str = "envelope",
+        omega: float = 1.0,
         margin: float = 0.0,
         mining_margin: float = 0.0,
         max_groups: int | None = None,
@@ -64,7 +66,7 @@ class OTLoss(nn.Module):
         chunk_size: int = 256,
     ) -> None:
         super().__init__()
-        check_solver_args(eps, iters, tol, grad)
+        check_solver_args(eps, iters, tol, grad, omega)
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
@@ -72,12 +74,13 @@ class OTLoss(nn.Module):
         if max_groups is not None and (isinstance(max_groups, bool) or not isinstance(max_groups, int)
                                        or max_groups < 1):
             raise ValueError(f"max_groups must be None or an integer >= 1, got {max_groups!r}")
-        self.eps, self.iters, self.tol, self.grad = eps, iters, tol, grad
+        self.eps, self.iters, self.tol, self.grad, self.omega = eps, iters, tol, grad, omega
         self.margin, self.mining_margin, self.max_groups = margin, mining_margin, max_groups
         self.reduction, self.chunk_size = reduction, chunk_size
 
     def extra_repr(self) -> str:
-        return (f"eps={self.eps}, iters={self.iters}, tol={self.tol}, grad={self.grad!r}, margin={self.margin}, "
+        return (f"eps={self.eps}, iters={self.iters}, tol={self.tol}, grad={self.grad!r}, omega={self.omega}, "
+                f"margin={self.margin}, "
                 f"mining_margin={self.mining_margin}, max_groups={self.max_groups}, "
                 f"reduction={self.reduction!r}, chunk_size={self.chunk_size}")
 
@@ -88,7 +91,7 @@ class OTLoss(nn.Module):
         # thread count, where advanced indexing's (index_put with accumulate) does not on the CPU
         values = [
             cosine_sinkhorn(points.index_select(0, chunk[:, 0]), points.index_select(0, chunk[:, 1]),
-                            self.eps, self.iters, self.tol, self.grad)
+                            self.eps, self.iters, self.tol, self.grad, omega=self.omega)
             for chunk in pairs.split(self.chunk_size)
         ]
         return torch.cat(values).float() if values else points.new_zeros(0, dtype=torch.float32)

@@ -54,6 +54,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from otface.ot.cost import inverse_norm
+from otface.ot.schedule import Steps, iterate, log_gap, log_relax
 from otface.ot.sinkhorn import check_solver_args
 
 try:  # torch >= 2.9: flex_attention with return_aux
@@ -190,15 +191,34 @@ def _backend_ops(backend: str, block: int, device: torch.device, dtype: torch.dt
     return _Ops(_flex_lse, _flex_value, _flex_products)
 
 
-def _potentials(xn: Tensor, yn: Tensor, inv_eps: float, iters: int,
-                lse: Callable[..., Tensor]) -> tuple[Tensor, Tensor]:
-    """f (P, n) and g (P, m), potentials divided by eps, after ``iters`` >= 1 Sinkhorn iterations
-    (Eq. 8) from f = 0 (u^0 = 1), on unit clouds xn (P, n, d), yn (P, m, d)."""
+def _block_spread(xn: Tensor, yn: Tensor, block: int) -> Tensor:
+    """max C - min C per problem = max s - min s over the cosines s = xn yn^T, by key blocks: (P,)."""
+    high = xn.new_full(xn.shape[:1], -math.inf)
+    low = xn.new_full(xn.shape[:1], math.inf)
+    for start in range(0, yn.shape[1], block):
+        s = torch.bmm(xn, yn[:, start:start + block].transpose(1, 2))
+        high, low = torch.maximum(high, s.amax((1, 2))), torch.minimum(low, s.amin((1, 2)))
+    return high - low
+
+
+def _potentials(xn: Tensor, yn: Tensor, inv_eps: float, iters: int, tol: float | None, omega: float,
+                ops: _Ops, block: int) -> tuple[Tensor, Tensor]:
+    """f (P, n) and g (P, m), potentials divided by eps, after Sinkhorn (Eq. 8) from f = 0
+    (u^0 = 1) on unit clouds xn (P, n, d), yn (P, m, d), as scheduled by :func:`schedule.iterate`."""
     log_a, log_b = -math.log(xn.shape[1]), -math.log(yn.shape[1])
-    f = xn.new_zeros(xn.shape[:2])
-    for _ in range(iters):
-        g = log_b - lse(yn, xn, f, inv_eps)  # g_j = log b_j - LSE_i(f_i - C_ij / eps)
-        f = log_a - lse(xn, yn, g, inv_eps)  # f_i = log a_i - LSE_j(g_j - C_ij / eps)
+
+    def col(data: tuple[Tensor, ...], f: Tensor) -> Tensor:
+        return log_b - ops.lse(data[1], data[0], f, inv_eps)  # g_j = log b_j - LSE_i(f_i - C_ij / eps)
+
+    def row(data: tuple[Tensor, ...], g: Tensor) -> Tensor:
+        return log_a - ops.lse(data[0], data[1], g, inv_eps)  # f_i = log a_i - LSE_j(g_j - C_ij / eps)
+
+    def value(data: tuple[Tensor, ...], f: Tensor, g: Tensor) -> Tensor:
+        return ops.value(data[0], data[1], f, g, inv_eps)
+
+    spread = None if tol is None else _block_spread(xn, yn, block)
+    f, g = xn.new_zeros(xn.shape[:2]), yn.new_zeros(yn.shape[:2])
+    f, g, _ = iterate(Steps(col, row, log_relax, log_gap, value), (xn, yn), f, g, spread, iters, tol, omega)
     return f, g
 
 
@@ -212,14 +232,15 @@ class _FusedCosineEnvelope(torch.autograd.Function):
     potentials, and recomputes the plan products in the backward pass."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, eps: float, iters: int, ops: _Ops) -> Tensor:
+    def forward(ctx, x: Tensor, y: Tensor, eps: float, iters: int, tol: float | None, omega: float, ops: _Ops,
+                block: int) -> Tensor:
         ctx.dtypes = (x.dtype, y.dtype)
         dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             x, y = x.detach().to(dtype), y.detach().to(dtype)
             x_inv, y_inv = inverse_norm(x), inverse_norm(y)
             xn, yn = x * x_inv, y * y_inv
-            f, g = _potentials(xn, yn, 1.0 / eps, iters, ops.lse)
+            f, g = _potentials(xn, yn, 1.0 / eps, iters, tol, omega, ops, block)
             value = ops.value(xn, yn, f, g, 1.0 / eps)
         ctx.save_for_backward(xn, yn, x_inv, y_inv, f, g)
         ctx.eps, ctx.ops = eps, ops
@@ -234,7 +255,7 @@ class _FusedCosineEnvelope(torch.autograd.Function):
             scale = grad_value.to(xn.dtype)[:, None, None]
             g_x = _through_norm(-rows, xn, x_inv) * scale  # d value / dx^ = -P y^
             g_y = _through_norm(-cols, yn, y_inv) * scale  # d value / dy^ = -P^T x^
-        return g_x.to(ctx.dtypes[0]), g_y.to(ctx.dtypes[1]), None, None, None
+        return g_x.to(ctx.dtypes[0]), g_y.to(ctx.dtypes[1]), None, None, None, None, None, None
 
 
 def fused_cosine_sinkhorn(
@@ -242,16 +263,22 @@ def fused_cosine_sinkhorn(
     y: Tensor,
     eps: float = 0.05,
     iters: int = 50,
+    tol: float | None = None,
+    omega: float = 1.0,
+    *,
     block: int = DEFAULT_BLOCK,
     backend: str = "auto",
 ) -> Tensor:
-    """cosine_sinkhorn(x, y, eps, iters, grad="envelope") without storing any (P, n, m) tensor.
+    """cosine_sinkhorn(x, y, eps, iters, tol, omega=omega) without storing any (P, n, m) tensor.
 
     Args:
         x: (P, n, d) points of the first clouds; any float dtype, computed in float32 (float64 kept).
         y: (P, m, d) points of the second clouds.
         eps: entropic regulariser (> 0).
-        iters: Sinkhorn iterations (>= 1), each a g then an f update (Eq. 8).
+        iters: Sinkhorn iterations (>= 1), each a g then an f update (Eq. 8); with ``tol`` the most.
+        tol: stop each problem once the estimated relative error of its value is <= tol (None:
+            run ``iters``), and omega the over-relaxation, as :func:`otface.ot.cosine_sinkhorn`
+            (:mod:`otface.ot.schedule`).
         block: keys per tile of the blockwise backend (>= 1; ignored by flex).
         backend: "blockwise", "flex" or "auto" (module docstring).
 
@@ -265,10 +292,11 @@ def fused_cosine_sinkhorn(
     if x.shape[1] == 0 or y.shape[1] == 0:
         raise ValueError(f"fused_cosine_sinkhorn needs n, m >= 1 points per cloud, got {tuple(x.shape)} and "
                          f"{tuple(y.shape)}")
-    check_solver_args(eps, iters, None)
+    check_solver_args(eps, iters, tol, omega=omega)
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise ValueError(f"block must be an integer >= 1, got {block!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
-    return _FusedCosineEnvelope.apply(x, y, eps, iters, _backend_ops(backend, block, x.device, dtype))
+    ops = _backend_ops(backend, block, x.device, dtype)
+    return _FusedCosineEnvelope.apply(x, y, eps, iters, tol, omega, ops, block)

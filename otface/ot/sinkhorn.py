@@ -71,9 +71,9 @@ import torch
 from torch import Tensor
 
 from otface.ot.cost import cosine_cost, inverse_norm, unit_cosine_cost
+from otface.ot.schedule import Steps, iterate, log_gap, log_relax
 
 GRAD_MODES = ("envelope", "unrolled")
-TOL_CHECK_EVERY = 10  # iterations between two marginal-error checks when tol is set
 # Kernel-domain iterations when every problem has (max C - min C) / eps <= this; see the module doc.
 KERNEL_MAX_RANGE = 50.0
 CPU_GROUP_BYTES = 8 << 20  # on CPU, problems are iterated in groups of this much cost (cache-sized)
@@ -87,8 +87,10 @@ class SinkhornPotentials(NamedTuple):
     iterations: int
 
 
-def check_solver_args(eps: float, iters: int, tol: float | None, grad: str = "envelope") -> None:
+def check_solver_args(eps: float, iters: int, tol: float | None, grad: str = "envelope", omega: float = 1.0) -> None:
     """ValueError with a clear message unless the Sinkhorn settings are valid."""
+    if isinstance(omega, bool) or not isinstance(omega, (int, float)) or not 0 < omega < 2:
+        raise ValueError(f"omega must be a number in (0, 2), got {omega!r}")
     if grad not in GRAD_MODES:
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
@@ -114,59 +116,74 @@ def _compute_dtype(cost: Tensor) -> torch.dtype:
 def _lse(pot: Tensor, cost: Tensor, dim: int, inv_eps: float, buf: Tensor | None) -> Tensor:
     """LSE over ``dim`` of pot - cost * inv_eps, pot broadcast along the other axis.
 
-    pot: (P, n) for dim=1, (P, m) for dim=2; cost: (P, n, m). With ``buf`` (a (P, n, m) tensor,
-    no autograd) the whole computation happens in it; without, it is plain differentiable ops.
+    pot: (P, n) for dim=1, (P, m) for dim=2; cost: (P, n, m). With ``buf`` (a (P', n, m) tensor,
+    P' >= P, no autograd) the whole computation happens in its first P problems; without, it is
+    plain differentiable ops.
     """
     pot = pot.unsqueeze(3 - dim)
     if buf is None:
         return torch.logsumexp(pot - (cost if inv_eps == 1.0 else cost * inv_eps), dim)
+    buf = buf[: cost.shape[0]]
     torch.sub(pot, cost, alpha=inv_eps, out=buf)
     top = buf.amax(dim, keepdim=True)
     buf.sub_(top).exp_()
     return buf.sum(dim).log_().add_(top.squeeze(dim))
 
 
-def _log_iterate(
-    cost: Tensor, inv_eps: float, iters: int, tol: float | None, buf: Tensor | None
-) -> tuple[Tensor, Tensor, int]:
-    """Log-domain Sinkhorn (Eq. 8) on cost (P, n, m); potentials divided by eps, f: (P, n), g: (P, m)."""
-    batch, n, m = cost.shape
-    log_a, log_b = -math.log(n), -math.log(m)
-    f = cost.new_zeros(batch, n)  # u^0 = 1
-    g = cost.new_zeros(batch, m)
-    for t in range(iters):
-        check = tol is not None and t % TOL_CHECK_EVERY == TOL_CHECK_EVERY - 1
-        g_new = log_b - _lse(f, cost, 1, inv_eps, buf)  # v^{t+1} = b / K^T u^t
-        if check:  # column sums of the previous plan are b * exp(g - g_new)
-            with torch.no_grad():
-                err = torch.expm1(g - g_new).abs().sum(1).max() / m
-        g = g_new
-        f = log_a - _lse(g, cost, 2, inv_eps, buf)  # u^{t+1} = a / K v^{t+1}
-        if check and err.item() <= tol:
-            return f, g, t + 1
-    return f, g, iters
+def _log_plan(cost: Tensor, f: Tensor, g: Tensor, inv_eps: float, buf: Tensor | None) -> Tensor:
+    """P_ij = exp(f_i + g_j - C_ij / eps) (Eq. 7), f, g divided by eps; in ``buf`` when given."""
+    if buf is None:
+        return (f.unsqueeze(2) + g.unsqueeze(1) - cost * inv_eps).exp()
+    buf = buf[: cost.shape[0]]
+    return torch.sub(f.unsqueeze(2), cost, alpha=inv_eps, out=buf).add_(g.unsqueeze(1)).exp_()
 
 
-def _kernel_iterate(kernel: Tensor, iters: int, tol: float | None) -> tuple[Tensor, Tensor, int]:
-    """Kernel-domain Sinkhorn (Eq. 8) on K (P, n, m): scalings u (P, n), v (P, m) from u^0 = 1."""
-    batch, n, m = kernel.shape
-    u = kernel.new_ones(batch, 1, n)
-    v = kernel.new_ones(batch, 1, m)
-    for t in range(iters):
-        check = tol is not None and t % TOL_CHECK_EVERY == TOL_CHECK_EVERY - 1
-        v_new = (1.0 / m) / torch.bmm(u, kernel)  # v = b / K^T u, as the row vector u^T K
-        if check:  # column sums of the previous plan are b * v / v_new
-            with torch.no_grad():
-                err = (v / v_new - 1.0).abs().sum((1, 2)).max() / m
-        v = v_new
-        u = (1.0 / n) / torch.bmm(v, kernel.transpose(1, 2))  # u = a / K v, as v^T K^T (a fast layout)
-        if check and err.item() <= tol:
-            return u.squeeze(1), v.squeeze(1), t + 1
-    return u.squeeze(1), v.squeeze(1), iters
+def _log_steps(inv_eps: float, buf: Tensor | None) -> Steps:
+    """Eq. 8 in the log domain on data = (cost,): potentials f, g divided by eps."""
+
+    def col(data: tuple[Tensor, ...], f: Tensor) -> Tensor:
+        return -math.log(data[0].shape[2]) - _lse(f, data[0], 1, inv_eps, buf)  # g = log b - LSE_i(f_i - C_ij/eps)
+
+    def row(data: tuple[Tensor, ...], g: Tensor) -> Tensor:
+        return -math.log(data[0].shape[1]) - _lse(g, data[0], 2, inv_eps, buf)  # f = log a - LSE_j(g_j - C_ij/eps)
+
+    def value(data: tuple[Tensor, ...], f: Tensor, g: Tensor) -> Tensor:
+        return _frobenius(_log_plan(data[0], f, g, inv_eps, buf), data[0])
+
+    return Steps(col, row, log_relax, log_gap, value)
+
+
+def _kernel_relax(old: Tensor, new: Tensor, omega: Tensor) -> Tensor:
+    """u^(1 - omega) new^omega for scalings (P, n), omega (P, 1)."""
+    return old * (new / old).pow_(omega)
+
+
+def _kernel_gap(old: Tensor, new: Tensor) -> Tensor:
+    """sum_i a_i |u_i / u^_i - 1| for scalings (P, n), a = 1/n: (P,)."""
+    return (old / new).sub_(1.0).abs_().mean(1)
+
+
+def _kernel_col(data: tuple[Tensor, ...], u: Tensor) -> Tensor:
+    """v = b / K^T u, as the row vector u^T K (Eq. 8): (P, m)."""
+    return (1.0 / data[0].shape[2]) / torch.bmm(u.unsqueeze(1), data[0]).squeeze(1)
+
+
+def _kernel_row(data: tuple[Tensor, ...], v: Tensor) -> Tensor:
+    """u = a / K v, as v^T K^T (a fast layout) (Eq. 8): (P, n)."""
+    return (1.0 / data[0].shape[1]) / torch.bmm(v.unsqueeze(1), data[0].transpose(1, 2)).squeeze(1)
+
+
+def _kernel_value(data: tuple[Tensor, ...], u: Tensor, v: Tensor) -> Tensor:
+    """<P, C> = u^T (K o C) v, data = (K, C): (P,)."""
+    return (torch.bmm(u.unsqueeze(1), data[0] * data[1]).squeeze(1) * v).sum(1)
+
+
+KERNEL_STEPS = Steps(_kernel_col, _kernel_row, _kernel_relax, _kernel_gap, _kernel_value)
 
 
 def _kernel_solve(
-    cost: Tensor, eps: float, iters: int, tol: float | None, low: Tensor, buf: Tensor | None
+    cost: Tensor, eps: float, iters: int, tol: float | None, omega: float, low: Tensor, spread: Tensor,
+    buf: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """(plan, f / eps, g / eps, iterations) through K = exp((min C - C) / eps) <= 1; shifting C by
     a constant per problem rescales v only, so the iterates are those of Eq. 8 on exp(-C / eps).
@@ -176,7 +193,9 @@ def _kernel_solve(
         kernel = ((low - cost) / eps).exp()
     else:
         kernel = torch.sub(low, cost, out=buf).div_(eps).exp_()
-    u, v, done = _kernel_iterate(kernel, iters, tol)
+    data = (kernel,) if tol is None else (kernel, cost)
+    ones = kernel.new_ones(kernel.shape[0], kernel.shape[1]), kernel.new_ones(kernel.shape[0], kernel.shape[2])
+    u, v, done = iterate(KERNEL_STEPS, data, *ones, spread, iters, tol, omega)
     f, g = u.log(), v.log() + low[:, :, 0] / eps
     if buf is None:
         return kernel * u.unsqueeze(2) * v.unsqueeze(1), f, g, done
@@ -184,36 +203,39 @@ def _kernel_solve(
 
 
 def _log_solve(
-    cost: Tensor, eps: float, iters: int, tol: float | None, buf: Tensor | None
+    cost: Tensor, eps: float, iters: int, tol: float | None, omega: float, spread: Tensor, buf: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """(plan, f / eps, g / eps, iterations) in the log domain, exact for any eps. With ``buf`` the
     work and the plan live in it; without, all is differentiable."""
-    if buf is None:
-        scaled = cost / eps
-        f, g, done = _log_iterate(scaled, 1.0, iters, tol, None)
-        return (f.unsqueeze(2) + g.unsqueeze(1) - scaled).exp(), f, g, done
-    f, g, done = _log_iterate(cost, 1.0 / eps, iters, tol, buf)
-    torch.sub(f.unsqueeze(2), cost, alpha=1.0 / eps, out=buf)  # P = exp(f_i + g_j - C_ij / eps), Eq. 7
-    return buf.add_(g.unsqueeze(1)).exp_(), f, g, done
+    if buf is None:  # differentiable: the cost scaled once, not at every half step
+        cost, spread, inv_eps = cost / eps, spread / eps, 1.0
+    else:
+        inv_eps = 1.0 / eps
+    zeros = cost.new_zeros(cost.shape[0], cost.shape[1]), cost.new_zeros(cost.shape[0], cost.shape[2])
+    f, g, done = iterate(_log_steps(inv_eps, buf), (cost,), *zeros, spread, iters, tol, omega)
+    return _log_plan(cost, f, g, inv_eps, buf), f, g, done
 
 
 def _solve_group(
-    cost: Tensor, eps: float, iters: int, tol: float | None, buf: Tensor | None
+    cost: Tensor, eps: float, iters: int, tol: float | None, omega: float, buf: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """Kernel domain when the cost ranges allow it and the result is finite, else log domain."""
     if cost.shape[0]:
         with torch.no_grad():
             low = cost.amin((1, 2))
-            kernel_ok = bool((cost.amax((1, 2)) - low).max() <= KERNEL_MAX_RANGE * eps)
+            spread = cost.amax((1, 2)) - low
+            kernel_ok = bool(spread.max() <= KERNEL_MAX_RANGE * eps)
         if kernel_ok:
-            out = _kernel_solve(cost, eps, iters, tol, low, buf)
+            out = _kernel_solve(cost, eps, iters, tol, omega, low, spread, buf)
             if bool(torch.isfinite(out[1]).all() and torch.isfinite(out[2]).all()):
                 return out
-    return _log_solve(cost, eps, iters, tol, buf)
+    else:
+        spread = cost.new_zeros(0)
+    return _log_solve(cost, eps, iters, tol, omega, spread, buf)
 
 
 def _solve(
-    cost: Tensor, eps: float, iters: int, tol: float | None, track_grad: bool
+    cost: Tensor, eps: float, iters: int, tol: float | None, omega: float, track_grad: bool
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """Sinkhorn on cost (P, n, m): plan (P, n, m), f / eps (P, n), g / eps (P, m), iterations
     (the most any group needed).
@@ -229,9 +251,9 @@ def _solve(
     with torch.set_grad_enabled(track_grad and torch.is_grad_enabled()):
         buf = None if track_grad else torch.empty_like(cost)
         if size >= batch:
-            return _solve_group(cost, eps, iters, tol, buf)
+            return _solve_group(cost, eps, iters, tol, omega, buf)
         bufs = [None] * batch if buf is None else buf.split(size)
-        parts = [_solve_group(c, eps, iters, tol, b) for c, b in zip(cost.split(size), bufs)]
+        parts = [_solve_group(c, eps, iters, tol, omega, b) for c, b in zip(cost.split(size), bufs)]
         plan = buf if buf is not None else torch.cat([p[0] for p in parts])
         return (plan, torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]),
                 max(p[3] for p in parts))
@@ -250,22 +272,23 @@ def _regularised(plan: Tensor, f: Tensor, g: Tensor, eps: float) -> Tensor:
     return eps * ((rows * f).sum(1) + (cols * g).sum(1) - rows.sum(1))
 
 
-def sinkhorn_potentials(cost: Tensor, eps: float = 0.05, iters: int = 50,
-                        tol: float | None = None) -> SinkhornPotentials:
+def sinkhorn_potentials(cost: Tensor, eps: float = 0.05, iters: int = 50, tol: float | None = None,
+                        omega: float = 1.0) -> SinkhornPotentials:
     """Dual potentials (f, g) in cost units after Sinkhorn on cost (P, n, m); no gradient."""
-    check_solver_args(eps, iters, tol)
+    check_solver_args(eps, iters, tol, omega=omega)
     dtype = _compute_dtype(cost)
     with torch.autocast(cost.device.type, enabled=False):
-        _, f, g, done = _solve(cost.detach().to(dtype), eps, iters, tol, False)
+        _, f, g, done = _solve(cost.detach().to(dtype), eps, iters, tol, omega, False)
     return SinkhornPotentials(f * eps, g * eps, done)
 
 
-def sinkhorn_plan(cost: Tensor, eps: float = 0.05, iters: int = 50, tol: float | None = None) -> Tensor:
+def sinkhorn_plan(cost: Tensor, eps: float = 0.05, iters: int = 50, tol: float | None = None,
+                  omega: float = 1.0) -> Tensor:
     """Transport plans (P, n, m) of the entropic OT of cost (P, n, m) (Eq. 7); no gradient."""
-    check_solver_args(eps, iters, tol)
+    check_solver_args(eps, iters, tol, omega=omega)
     dtype = _compute_dtype(cost)
     with torch.autocast(cost.device.type, enabled=False):
-        return _solve(cost.detach().to(dtype), eps, iters, tol, False)[0]
+        return _solve(cost.detach().to(dtype), eps, iters, tol, omega, False)[0]
 
 
 def sinkhorn(
@@ -275,6 +298,7 @@ def sinkhorn(
     tol: float | None = None,
     grad: str = "envelope",
     entropy: bool = False,
+    omega: float = 1.0,
 ) -> Tensor:
     """Entropic OT between uniform distributions, batched (Eq. 5-8).
 
@@ -283,31 +307,33 @@ def sinkhorn(
             under autocast.
         eps: entropic regulariser (> 0).
         iters: Sinkhorn iterations (>= 1), each a v then a u update (Eq. 8).
-        tol: stop early once the largest column-marginal L1 error in the batch (on CPU: in
-            each cache-sized group) is <= tol, checked every TOL_CHECK_EVERY iterations on the
-            iterate before; None runs all ``iters``.
+        tol: stop each problem once the estimated relative error of its value <P, C> is <= tol
+            (:mod:`otface.ot.schedule`), ``iters`` being then the most; None runs all ``iters``.
         grad: "envelope" (plan held fixed, gradient P) or "unrolled" (through the iterations).
         entropy: return <P, C> - eps H(P) instead of <P, C>.
+        omega: over-relaxation in (0, 2) of every half step (:mod:`otface.ot.schedule`); 1 is
+            plain Sinkhorn, Eq. 8.
 
     Returns:
         (P,) values, float32 (float64 for float64 cost).
     """
-    check_solver_args(eps, iters, tol, grad)
+    check_solver_args(eps, iters, tol, grad, omega)
     dtype = _compute_dtype(cost)
     with torch.autocast(cost.device.type, enabled=False):
         cost = cost.to(dtype)
         if grad == "envelope":
-            plan, f, g, _ = _solve(cost.detach(), eps, iters, tol, False)
+            plan, f, g, _ = _solve(cost.detach(), eps, iters, tol, omega, False)
             value = _frobenius(plan, cost)
             if entropy:  # + (-eps H(P)), a constant for the gradient
                 value = value + (_regularised(plan, f, g, eps) - value.detach())
             return value
-        plan, f, g, _ = _solve(cost, eps, iters, tol, True)
+        plan, f, g, _ = _solve(cost, eps, iters, tol, omega, True)
         return _regularised(plan, f, g, eps) if entropy else (plan * cost).sum((1, 2))
 
 
 def _cosine_envelope(
-    x: Tensor, y: Tensor, eps: float, iters: int, tol: float | None, entropy: bool, need_x: bool, need_y: bool
+    x: Tensor, y: Tensor, eps: float, iters: int, tol: float | None, omega: float, entropy: bool, need_x: bool,
+    need_y: bool,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """OT values (P,) between clouds x (P, n, d), y (P, m, d) under the cosine cost, and the
     envelope gradients d value / dx (P, n, d), d value / dy (P, m, d) where asked; no autograd."""
@@ -317,7 +343,7 @@ def _cosine_envelope(
         x_inv, y_inv = inverse_norm(x), inverse_norm(y)
         xn, yn = x * x_inv, y * y_inv
         cost = unit_cosine_cost(xn, yn)
-        plan, f, g, _ = _solve(cost, eps, iters, tol, False)
+        plan, f, g, _ = _solve(cost, eps, iters, tol, omega, False)
         value = _regularised(plan, f, g, eps) if entropy else _frobenius(plan, cost)
         del cost
         # dvalue/dC = P; dC/dxn = -yn, dC/dyn = -xn; then through xn = x * x_inv (cost.inverse_norm)
@@ -336,8 +362,9 @@ class _CosineEnvelope(torch.autograd.Function):
     gradients to the points (P, n, d) and (P, m, d) for the backward pass."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, eps: float, iters: int, tol: float | None, entropy: bool) -> Tensor:
-        value, g_x, g_y = _cosine_envelope(x, y, eps, iters, tol, entropy, *ctx.needs_input_grad[:2])
+    def forward(ctx, x: Tensor, y: Tensor, eps: float, iters: int, tol: float | None, omega: float,
+                entropy: bool) -> Tensor:
+        value, g_x, g_y = _cosine_envelope(x, y, eps, iters, tol, omega, entropy, *ctx.needs_input_grad[:2])
         ctx.save_for_backward(g_x, g_y)
         ctx.dtypes = (x.dtype, y.dtype)
         return value
@@ -347,7 +374,7 @@ class _CosineEnvelope(torch.autograd.Function):
         g_x, g_y = ctx.saved_tensors
         scale = grad_value.to(torch.promote_types(grad_value.dtype, torch.float32))[:, None, None]
         grads = [None if g is None else (g * scale).to(dtype) for g, dtype in zip((g_x, g_y), ctx.dtypes)]
-        return grads[0], grads[1], None, None, None, None
+        return grads[0], grads[1], None, None, None, None, None
 
 
 def cosine_sinkhorn(
@@ -358,6 +385,7 @@ def cosine_sinkhorn(
     tol: float | None = None,
     grad: str = "envelope",
     entropy: bool = False,
+    omega: float = 1.0,
 ) -> Tensor:
     """sinkhorn(cosine_cost(x, y), ...) for point clouds x (P, n, d), y (P, m, d) -> (P,).
 
@@ -369,9 +397,9 @@ def cosine_sinkhorn(
                          f"{tuple(y.shape)}")
     if x.shape[1] == 0 or y.shape[1] == 0:
         raise ValueError(f"cosine_sinkhorn needs n, m >= 1 points per cloud, got {tuple(x.shape)} and {tuple(y.shape)}")
-    check_solver_args(eps, iters, tol, grad)
+    check_solver_args(eps, iters, tol, grad, omega)
     if grad == "unrolled":
-        return sinkhorn(cosine_cost(x, y), eps, iters, tol, grad, entropy)
+        return sinkhorn(cosine_cost(x, y), eps, iters, tol, grad, entropy, omega)
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
-        return _CosineEnvelope.apply(x, y, eps, iters, tol, entropy)
-    return _cosine_envelope(x, y, eps, iters, tol, entropy, False, False)[0]
+        return _CosineEnvelope.apply(x, y, eps, iters, tol, omega, entropy)
+    return _cosine_envelope(x, y, eps, iters, tol, omega, entropy, False, False)[0]

@@ -5,14 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 
-def reference_sinkhorn(cost: np.ndarray, eps: float, iters: int) -> tuple[float, np.ndarray]:
-    """Plain kernel-domain Sinkhorn in float64 (Eq. 7-8), uniform marginals: u^0 = 1,
-    v = b / K^T u, u = a / K v. Returns (<P, C>, P) for an (n, m) cost."""
+def reference_sinkhorn(cost: np.ndarray, eps: float, iters: int, omega: float = 1.0) -> tuple[float, np.ndarray]:
+    """Kernel-domain Sinkhorn in float64 (Eq. 7-8), uniform marginals: u^0 = 1, v = b / K^T u,
+    u = a / K v, each update over-relaxed, u <- u^(1 - omega) (a / K v)^omega, after the first v
+    (omega = 1: plain Sinkhorn). Returns (<P, C>, P) for an (n, m) cost."""
     n, m = cost.shape
     kernel = np.exp(-cost / eps)
-    u = np.ones(n)
-    for _ in range(iters):
-        v = (1 / m) / (kernel.T @ u)
-        u = (1 / n) / (kernel @ v)
+    u, v = np.ones(n), np.ones(m)
+    for t in range(iters):
+        v_new = (1 / m) / (kernel.T @ u)
+        v = v_new if t == 0 else v ** (1 - omega) * v_new ** omega
+        u = u ** (1 - omega) * ((1 / n) / (kernel @ v)) ** omega
     plan = u[:, None] * kernel * v[None, :]
     return float((plan * cost).sum()), plan

@@ -1,0 +1,174 @@
+"""Time to a stated accuracy of the OT value, on feature maps of a trained model: ours against POT.
+
+    python benchmarks/sinkhorn_time_to_accuracy.py runs/<run>/last.pt [--pairs 64] [--eps 0.05]
+        [--threads 2] [--repeats 3] [--plot benchmarks/sinkhorn_time_to_accuracy.png]
+
+For every stage of the trained backbone, distinct image pairs of a P x K batch of its training set
+(as the OT loss sees them; see benchmarks/sinkhorn_accuracy.py), and tau = 1e-3, 1e-4 (the largest
+relative error of the value <P, C> over the pairs, against the float64 solution converged to 1e-12):
+
+- ours: cosine_sinkhorn with the accuracy contract, tol = tau, omega = 1.6 (what OTLoss runs);
+- plain: today's solver before the contract, omega = 1 and the fewest fixed iterations (a multiple
+  of 10, found by search against the reference: an oracle no user has) that reach tau;
+- pot: POT's ot.batch.solve_batch (log_sinkhorn, envelope gradient) on our cost matrices, its own stop
+  disabled (tol = 0), for as many iterations as plain: the same iterates in exact arithmetic (its
+  errors are printed, to check).
+
+Each row times value -> sum -> backward to the points (median of ``--repeats`` after a warm-up) and
+reports the value's error and the gradient's (max |grad - grad*| / max |grad*|, to the first cloud).
+With ``--plot``, the largest value error against time per stage, for ours over tol and the others
+over iteration counts, as PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+import torch
+from bench_sinkhorn import backward_of, timed
+from sinkhorn_accuracy import batch_pairs
+
+from otface.data.transforms import network_input
+from otface.eval.model import backbone_from_checkpoint
+from otface.ot import cosine_cost, cosine_sinkhorn
+from otface.ot.schedule import OMEGA
+from otface.ot.sinkhorn import sinkhorn_potentials
+from otface.train.data import open_training_set, prepare_data
+
+TAUS = (1e-3, 1e-4)
+CAP = 1000  # the most iterations of any search or run
+CURVE_TOLS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5)
+CURVE_ITERS = (10, 20, 50, 100, 200, 400)
+
+
+def pot_solver(eps: float):
+    """POT's batched log-domain Sinkhorn with k iterations as fn(k)(x, y), or None when not installed."""
+    if importlib.util.find_spec("ot") is None or importlib.util.find_spec("ot.batch") is None:
+        return None
+    from ot.batch import solve_batch
+
+    def with_iters(k: int):
+        return lambda a, b: solve_batch(cosine_cost(a, b), reg=eps, max_iter=k, tol=0.0, method="log_sinkhorn",
+                                        grad="envelope").value_linear
+
+    return with_iters
+
+
+def errors(fn, x: torch.Tensor, y: torch.Tensor, ref: torch.Tensor, ref_grad: torch.Tensor) -> tuple[float, float]:
+    """(largest relative value error over the pairs, relative gradient error) of fn against the reference."""
+    xs, ys = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
+    values = fn(xs, ys)
+    (grad,) = torch.autograd.grad(values.sum(), xs)
+    value_err = ((values.detach().double() - ref).abs() / ref.abs()).max().item()
+    return value_err, ((grad.double() - ref_grad).abs().max() / ref_grad.abs().max()).item()
+
+
+def fewest_iters(make, x, y, ref, ref_grad, tau: float) -> int | None:
+    """The smallest multiple of 10 up to CAP whose fixed-iteration run reaches tau (bisection: the
+    error falls with the iterations on these maps, up to float32 rounding)."""
+    if errors(make(CAP), x, y, ref, ref_grad)[0] > tau:
+        return None
+    low, high = 0, CAP // 10  # in tens: low fails (or is 0), high reaches
+    while high - low > 1:
+        mid = (low + high) // 2
+        if errors(make(10 * mid), x, y, ref, ref_grad)[0] <= tau:
+            high = mid
+        else:
+            low = mid
+    return 10 * high
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="a training checkpoint (last.pt) of a trained model")
+    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--eps", type=float, default=0.05)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--plot", default="", help="write the error-against-time plot to this PNG")
+    parser.add_argument("--stages", nargs="*", default=None, help="only these stages (default: all)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    eps = args.eps
+    model, cfg = backbone_from_checkpoint(args.checkpoint)
+    root, _ = prepare_data(cfg.data, progress=False)
+    images, a, b = batch_pairs(open_training_set(root, cfg.data), args.pairs)
+    with torch.no_grad():
+        _, maps = model.forward_features(network_input(images, cfg.model.input_size), list(model.stage_names))
+    pot = pot_solver(eps)
+    cpu = torch.device("cpu")
+    print(f"{args.checkpoint}: {cfg.model.backbone} {cfg.model.params} at {cfg.model.input_size} px; "
+          f"{args.pairs} pairs, eps {eps:g}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+          + ("" if pot else "; POT not installed (pip install pot): skipped"))
+    curves = {}
+    for stage, fmap in maps.items():
+        if args.stages and stage not in args.stages:
+            continue
+        points = fmap.flatten(2).transpose(1, 2).float().contiguous()  # (N, h*w, C), Eq. 6
+        x, y = points[a].contiguous(), points[b].contiguous()
+        xd = x.double().requires_grad_()
+        ref = cosine_sinkhorn(xd, y.double(), eps, 20 * CAP, 1e-12, omega=OMEGA)
+        (ref_grad,) = torch.autograd.grad(ref.sum(), xd)
+        ref = ref.detach()
+        print(f"\n{stage} {tuple(fmap.shape[1:])}\n")
+        print("| tau | solver | iterations | ms fwd+bwd | value error | gradient error | time / ours |")
+        print("|---:|---|---:|---:|---:|---:|---:|")
+        x.requires_grad_(), y.requires_grad_()
+        for tau in TAUS:
+            def ours(p, q, tau=tau):
+                return cosine_sinkhorn(p, q, eps, CAP, tau, omega=OMEGA)
+
+            its = sinkhorn_potentials(cosine_cost(x, y).detach(), eps, CAP, tau, OMEGA).iterations
+            rows = [("ours", its, ours)]
+            k = fewest_iters(lambda k: lambda p, q: cosine_sinkhorn(p, q, eps, k), x, y, ref, ref_grad, tau)
+            rows.append(("plain", k, (lambda p, q, k=k: cosine_sinkhorn(p, q, eps, k)) if k else None))
+            if pot:  # the same plain iterates as ours at omega = 1 (in exact arithmetic), so as many
+                rows.append(("pot", k, pot(k) if k else None))
+            base = None
+            for name, k, fn in rows:
+                if fn is None:
+                    print(f"| {tau:g} | {name} | > {CAP} | | | | |")
+                    continue
+                wall, _, _ = timed(backward_of(fn, x, y), args.repeats, cpu)
+                base = base or wall
+                value_err, grad_err = errors(fn, x, y, ref, ref_grad)
+                print(f"| {tau:g} | {name} | {k} | {wall * 1e3:.1f} | {value_err:.1e} | {grad_err:.1e} | "
+                      f"{wall / base:.2f} |")
+        if args.plot:
+            series = {"ours (tol)": [lambda p, q, t=t: cosine_sinkhorn(p, q, eps, CAP, t, omega=OMEGA)
+                                     for t in CURVE_TOLS],
+                      "plain (iterations)": [lambda p, q, k=k: cosine_sinkhorn(p, q, eps, k) for k in CURVE_ITERS]}
+            if pot:
+                series["POT (iterations)"] = [pot(k) for k in CURVE_ITERS]
+            curves[stage] = {name: [(timed(backward_of(fn, x, y), 1, cpu)[0], errors(fn, x, y, ref, ref_grad)[0])
+                                    for fn in fns] for name, fns in series.items()}
+    if args.plot:
+        plot(curves, args.plot, f"{cfg.model.backbone}, {args.pairs} pairs, eps {eps:g}, "
+                                f"{torch.get_num_threads()} CPU threads")
+
+
+def plot(curves: dict, path: str, title: str) -> None:
+    """Largest relative value error against fwd+bwd time, one panel per stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.6), squeeze=False)
+    for ax, (stage, series) in zip(axes[0], curves.items()):
+        for name, points in series.items():
+            ax.plot([t * 1e3 for t, _ in points], [max(e, 1e-9) for _, e in points], marker="o", label=name)
+        for tau in TAUS:
+            ax.axhline(tau, color="grey", linewidth=0.6, linestyle=":")
+        ax.set(xscale="log", yscale="log", xlabel="ms forward + backward", title=stage)
+    axes[0][0].set_ylabel("largest relative value error")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"\nplot: {path}")
+
+
+if __name__ == "__main__":
+    main()
