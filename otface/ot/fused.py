@@ -54,7 +54,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from otface.ot.cost import inverse_norm
-from otface.ot.schedule import Steps, iterate, log_gap, log_relax
+from otface.ot.schedule import Steps, iterate, log_balance, log_gap, log_relax
 from otface.ot.sinkhorn import check_solver_args
 
 try:  # torch >= 2.9: flex_attention with return_aux
@@ -218,7 +218,7 @@ def _potentials(xn: Tensor, yn: Tensor, inv_eps: float, iters: int, tol: float |
 
     spread = None if tol is None else _block_spread(xn, yn, block)
     f, g = xn.new_zeros(xn.shape[:2]), yn.new_zeros(yn.shape[:2])
-    f, g, _ = iterate(Steps(col, row, log_relax, log_gap, value), (xn, yn), f, g, spread, iters, tol, omega)
+    f, g, _ = iterate(Steps(col, row, log_relax, log_gap, value, log_balance), (xn, yn), f, g, spread, iters, tol, omega)
     return f, g
 
 

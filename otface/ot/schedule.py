@@ -11,7 +11,11 @@ f^ is Eq. 8's update. omega = 1 is plain Sinkhorn; any omega in (0, 2) has the s
 (Young's theory for a two-block Gauss-Seidel sweep). On the default model's layer3 and layer4
 maps, omega = 1.6 from the first step reaches a relative value error of 1e-3 in 20-35 iterations
 where omega = 1 needs 90-120 (omega = 1.8 diverged on layer3; benchmarks/RESULTS.md). A problem
-whose marginal error more than doubles between two checks falls back to omega = 1.
+whose marginal error more than doubles between two checks falls back to omega = 1. Relaxed
+updates leave the gauge (f + c, g - c: the same plan) undamped, so the transient can push the
+scalings past float32's range (2 of 22 CPU groups of layer1 maps fell back to the slow log
+domain, and rebalancing only every 5 iterations did not prevent it); after every iteration the
+potentials are rebalanced, which changes no plan.
 
 Accuracy contract (``tol``): the loop stops once every problem's *estimated relative error of
 the value* <P, C> is <= tol. Every CHECK_EVERY iterations, with the row and column marginal L1
@@ -28,8 +32,7 @@ A problem that meets tol leaves the working set (its potentials are final); once
 working set is still running, the running problems are copied into a smaller one, so a few slow
 problems do not keep the whole batch iterating. ``iters`` bounds the
 iterations of every problem. Each check costs a host synchronisation; the value (one pass over
-the cost) is recomputed only at the first check and where the last one, a relative change of at
-most the estimate ago, puts a problem within tol.
+the cost) is recomputed only at the first check and where the last one puts a problem within tol.
 
 Measured, not adopted: eps-scaling (three iterations per eps from 0.5-2 down, by factors 0.5-0.7,
 to the target) saved under 10 % of the iterations at eps = 0.05 (80-85 for 90 on layer3, 105-115
@@ -56,7 +59,8 @@ class Steps(NamedTuple):
     row(data, g) -> plain update of f (u = a / K v) from g;
     relax(old, new, omega) -> the potential omega of the way from old to new (and beyond);
     gap(old, new) -> (P,) L1 marginal error of the plan at ``old``, new being the plain update;
-    value(data, f, g) -> (P,) the transport cost <P, C> of the plan of (f, g).
+    value(data, f, g) -> (P,) the transport cost <P, C> of the plan of (f, g);
+    balance(f, g) -> (f, g) with the same plan and balanced magnitudes (the gauge f + c, g - c).
     Potentials are in the solver's own form (log scalings divided by eps, or scalings).
     """
 
@@ -65,11 +69,18 @@ class Steps(NamedTuple):
     relax: Callable[[Tensor, Tensor, Tensor], Tensor]
     gap: Callable[[Tensor, Tensor], Tensor]
     value: Callable[[tuple[Tensor, ...], Tensor, Tensor], Tensor]
+    balance: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 def log_relax(old: Tensor, new: Tensor, omega: Tensor) -> Tensor:
     """old + omega (new - old) for log potentials (P, n), omega (P, 1)."""
     return torch.lerp(old, new, omega)
+
+
+def log_balance(f: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """(f - c, g + c) for log potentials f (P, n), g (P, m), c = max f per problem: the same plan."""
+    shift = f.amax(1, keepdim=True)
+    return f - shift, g + shift
 
 
 def log_gap(old: Tensor, new: Tensor) -> Tensor:
@@ -82,6 +93,11 @@ def _plain(old: Tensor, new: Tensor, omega: Tensor) -> Tensor:
     return new
 
 
+def _as_is(f: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """No rebalancing (omega = 1)."""
+    return f, g
+
+
 def iterate(steps: Steps, data: tuple[Tensor, ...], f: Tensor, g: Tensor, spread: Tensor | None,
             iters: int, tol: float | None, omega: float) -> tuple[Tensor, Tensor, int]:
     """Run the relaxed half steps from (f, g): (f (P, n), g (P, m), iterations of the longest problem).
@@ -90,13 +106,13 @@ def iterate(steps: Steps, data: tuple[Tensor, ...], f: Tensor, g: Tensor, spread
     update is plain (g starts at an arbitrary 0); omega applies from there on.
     """
     weight = f.new_full((f.shape[0], 1), omega)
-    if omega == 1.0:  # plain Sinkhorn: the update itself, bit for bit
-        steps = steps._replace(relax=_plain)
+    if omega == 1.0:  # plain Sinkhorn: the update itself, bit for bit (g follows f: no gauge drift)
+        steps = steps._replace(relax=_plain, balance=_as_is)
     if tol is None or f.shape[0] == 0:
         for t in range(iters):
             g_hat = steps.col(data, f)
             g = steps.relax(g, g_hat, weight) if t else g_hat
-            f = steps.relax(f, steps.row(data, g), weight)
+            f, g = steps.balance(steps.relax(f, steps.row(data, g), weight), g)
         return f, g, iters
     return _iterate_to_tol(steps, data, f, g, spread, iters, tol, weight)
 
@@ -120,7 +136,7 @@ def _iterate_to_tol(steps: Steps, data: tuple[Tensor, ...], f: Tensor, g: Tensor
         f_hat = steps.row(data, g)
         if check:
             gap = gap_col + steps.gap(f, f_hat)
-        f = steps.relax(f, f_hat, weight)
+        f, g = steps.balance(steps.relax(f, f_hat, weight), g)
         if not check:
             continue
         with torch.no_grad():

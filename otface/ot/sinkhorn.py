@@ -71,7 +71,7 @@ import torch
 from torch import Tensor
 
 from otface.ot.cost import cosine_cost, inverse_norm, unit_cosine_cost
-from otface.ot.schedule import Steps, iterate, log_gap, log_relax
+from otface.ot.schedule import Steps, iterate, log_balance, log_gap, log_relax
 
 GRAD_MODES = ("envelope", "unrolled")
 # Kernel-domain iterations when every problem has (max C - min C) / eps <= this; see the module doc.
@@ -150,7 +150,7 @@ def _log_steps(inv_eps: float, buf: Tensor | None) -> Steps:
     def value(data: tuple[Tensor, ...], f: Tensor, g: Tensor) -> Tensor:
         return _frobenius(_log_plan(data[0], f, g, inv_eps, buf), data[0])
 
-    return Steps(col, row, log_relax, log_gap, value)
+    return Steps(col, row, log_relax, log_gap, value, log_balance)
 
 
 def _kernel_relax(old: Tensor, new: Tensor, omega: Tensor) -> Tensor:
@@ -178,7 +178,13 @@ def _kernel_value(data: tuple[Tensor, ...], u: Tensor, v: Tensor) -> Tensor:
     return (torch.bmm(u.unsqueeze(1), data[0] * data[1]).squeeze(1) * v).sum(1)
 
 
-KERNEL_STEPS = Steps(_kernel_col, _kernel_row, _kernel_relax, _kernel_gap, _kernel_value)
+def _kernel_balance(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """(u / c, v c), c = max u per problem: the same plan, max u = 1 (v <= ~e^50 / n then, as K >= e^-50)."""
+    c = u.amax(1, keepdim=True)
+    return u / c, v * c
+
+
+KERNEL_STEPS = Steps(_kernel_col, _kernel_row, _kernel_relax, _kernel_gap, _kernel_value, _kernel_balance)
 
 
 def _kernel_solve(
