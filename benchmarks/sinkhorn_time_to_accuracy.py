@@ -11,8 +11,8 @@ relative error of the value <P, C> over the pairs, against the float64 solution 
 - plain: today's solver before the contract, omega = 1 and the fewest fixed iterations (a multiple
   of 10, found by search against the reference: an oracle no user has) that reach tau;
 - pot: POT's ot.batch.solve_batch (log_sinkhorn, envelope gradient) on our cost matrices, 8 pairs per
-  call (64 pairs of 28 x 28 maps at once exhaust 24 GiB), its own stop disabled (tol = 0), for as many iterations as plain: the same iterates in exact arithmetic (its
-  errors are printed, to check).
+  call (64 pairs of 28 x 28 maps at once exhaust 24 GiB), its own stop disabled (tol = 0), for as
+  many iterations as plain: the same iterates in exact arithmetic (its errors are printed, to check).
 
 Each row times value -> sum -> backward to the points (median of ``--repeats`` after a warm-up) and
 reports the value's error and the gradient's (max |grad - grad*| / max |grad*|, to the first cloud).

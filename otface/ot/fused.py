@@ -218,7 +218,8 @@ def _potentials(xn: Tensor, yn: Tensor, inv_eps: float, iters: int, tol: float |
 
     spread = None if tol is None else _block_spread(xn, yn, block)
     f, g = xn.new_zeros(xn.shape[:2]), yn.new_zeros(yn.shape[:2])
-    f, g, _ = iterate(Steps(col, row, log_relax, log_gap, value, log_balance), (xn, yn), f, g, spread, iters, tol, omega)
+    steps = Steps(col, row, log_relax, log_gap, value, log_balance)
+    f, g, _ = iterate(steps, (xn, yn), f, g, spread, iters, tol, omega)
     return f, g
 
 
