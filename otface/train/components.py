@@ -5,6 +5,7 @@ terms, the batch sampler and the fp16 loss scaler."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,3 +174,16 @@ def build_sampler(cfg: Config, dataset: Dataset, procs: Processes) -> PKBatchSam
     except ValueError as err:  # the samplers' own checks of sizes against the data
         on = f" on {procs.world_size} processes" if procs.distributed else ""
         raise ConfigError(f"data.sampler={d.sampler}, optim.batch_size={o.batch_size}{on}: {err}") from None
+
+
+def make_deterministic(device: torch.device, deterministic: bool) -> None:
+    """Deterministic kernels: always on the CPU (where they cost next to nothing), on CUDA when
+    asked (cuDNN's autotuner off, cuBLAS with a fixed workspace; slower). An operation without a
+    deterministic CUDA kernel then raises instead of silently varying."""
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    elif deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True)

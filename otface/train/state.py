@@ -4,6 +4,7 @@ the CUDA generators), gathered for the one checkpoint rank 0 writes and split ag
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,3 +94,30 @@ def cuda_rng_states(device: torch.device, procs: Processes) -> list[torch.Tensor
     states = [torch.empty_like(mine) for _ in range(procs.world_size)]
     torch.distributed.all_gather(states, mine)
     return [s.cpu() for s in states]
+
+
+def train_summary(st: TrainState, grad_accum: int, skipped_records: list, num_skipped_records: int, world_size: int,
+                  amp: str, loss_scale: float | None) -> dict[str, Any]:
+    """The ``train`` figures of a run's results.json from its state: ``skipped_records`` the
+    (key, reason) pairs kept of the ``num_skipped_records`` records left out of the training set."""
+    rows = [r for r in st.history if r["images_per_second"] > 0]
+    return {
+        "epochs": st.epoch,
+        "steps": st.step,
+        "images": st.images,
+        "train_seconds": st.seconds,
+        "images_per_second": st.images / st.seconds if st.seconds > 0 else math.nan,
+        "hard_groups_per_step": st.hard_groups / (max(st.step, 1) * grad_accum),
+        "skipped_steps": st.skipped_steps,
+        "skipped_records": [[key, reason] for key, reason in skipped_records],
+        "num_skipped_records": num_skipped_records,
+        "skipped_samples": st.skipped_samples,
+        "bad_samples": st.bad_samples,
+        "final_loss": rows[-1]["loss"] if rows else math.nan,
+        "history": st.history,
+        "resumes": st.resumes,
+        "world_size": world_size,
+        "amp": amp,
+        "loss_scale": loss_scale,
+        "overflow_steps": st.overflow_steps,
+    }

@@ -16,11 +16,9 @@ logs and writes; its checkpoint holds the whole head, so any number of processes
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +28,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from otface.checkpoint import check_entries, load_checkpoint, load_into, save_checkpoint
+from otface.checkpoint import load_checkpoint
 from otface.config import Config, save_config
 from otface.data.skipping import BadSample, collate_skipping
 from otface.data.transforms import flip_draws, flip_images, network_input
-from otface.errors import ConfigError, ModelFileError, RunError
+from otface.errors import ConfigError, RunError
 from otface.eval.verification_suite import SUMMARY_KEYS, VerificationSuite, format_tar
 from otface.heads.partial_fc import PartialFC, gradient_scaled
 from otface.losses import build_aux_loss
@@ -48,44 +46,26 @@ from otface.train.components import (
     build_terms,
     check_device_options,
     init_from,
+    make_deterministic,
     named_parameters,
     whole_head,
 )
 from otface.train.data import open_training_set, prepare_data
-from otface.train.distributed import SINGLE, Processes, barrier, broadcast_value, global_sum, training_device
+from otface.train.distributed import SINGLE, Processes, barrier, global_sum, training_device
 from otface.train.gradients import clip_global_norm, sync_replicated_gradients
 from otface.train.metrics import MetricsLog
+from otface.train.run_checkpoint import RunParts, restore_run, save_run
 from otface.train.run_folder import CHECKPOINT
 from otface.train.schedule import lr_factor
-from otface.train.state import TrainState, cuda_rng_states, load_optimizer_state, new_window, optimizer_state
+from otface.train.skips import KEPT_BAD_SAMPLES, check_records_left_out, check_skipped, record_bad_samples
+from otface.train.state import TrainState, new_window, train_summary
 
 log = logging.getLogger("otface.train")
 
-KEPT_BAD_SAMPLES = 100  # skipped samples listed by name in the checkpoint and results (all are counted)
-CHECKPOINT_FORMAT = 2  # 2: the whole head and optimiser state by parameter name, any world size
-CHECKPOINT_ENTRIES = ("format", "backbone", "head", "losses", "optimizer", "scaler", "train_state", "torch_rng",
-                      "cuda_rng", "config")
 
 
 class NonFiniteLossError(RunError):
     """Too many consecutive steps (across epochs) produced a NaN or infinite loss."""
-
-
-class NonFiniteWeightsError(RunError):
-    """The weights became NaN or infinite; they are not saved over the last good checkpoint."""
-
-
-def make_deterministic(device: torch.device, deterministic: bool) -> None:
-    """Deterministic kernels: always on the CPU (where they cost next to nothing), on CUDA when
-    asked (cuDNN's autotuner off, cuBLAS with a fixed workspace; slower). An operation without a
-    deterministic CUDA kernel then raises instead of silently varying."""
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    elif deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-        torch.use_deterministic_algorithms(True)
 
 
 @dataclass
@@ -120,7 +100,7 @@ class Trainer:
 
         train_root, val_paths = self._prepare_data()
         self.dataset = open_training_set(train_root, cfg.data)
-        self._check_records_left_out(train_root)
+        check_records_left_out(self.dataset, train_root, cfg.data.max_skip_fraction)
         self.backbone = build_backbone(
             cfg.model.backbone,
             embedding_size=cfg.model.embedding_size,
@@ -204,42 +184,15 @@ class Trainer:
             return "no checkpoint was written"
         return f"last good checkpoint: {self.checkpoint_path()} (step {self.saved_step})"
 
+    def _parts(self) -> RunParts:
+        return RunParts(self.backbone, self.head, self.aux_losses, self.optimizer, self.named_params, self.scaler)
+
     def save(self) -> None:
         """Write ``last.pt`` atomically (rank 0), holding the whole head and optimiser state;
         weights that became non-finite are never written (a :class:`NonFiniteWeightsError` on
         every process says where the last good checkpoint is). Every process calls it."""
-        modules = {"backbone": self.backbone, "head": self.full_head, "losses": self.aux_losses}
-        bad = [f"{part}.{name}" for part, module in modules.items() for name, t in module.state_dict().items()
-               if t.is_floating_point() and not torch.isfinite(t).all()]
-        if global_sum(torch.tensor([len(bad)]), self.procs).item():
-            raise NonFiniteWeightsError(
-                f"the weights became non-finite by step {self.state.step} "
-                f"({f'{len(bad)} tensors, e.g. {bad[0]}' if bad else 'on another process'}; "
-                f"optim.lr={self.cfg.optim.lr:g} may be too high): not saved; {self._last_good()}")
-        head = self.head.full_state_dict() if isinstance(self.head, PartialFC) else self.head.state_dict()
-        optimizer = optimizer_state(self.optimizer, self.named_params, self.head)
-        cuda_rng = cuda_rng_states(self.device, self.procs)
-        failure = None
-        if self.procs.is_main:
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "backbone": self.backbone.state_dict(),
-                "head": head,
-                "losses": self.aux_losses.state_dict(),
-                "optimizer": optimizer,
-                "scaler": self.scaler.state_dict(),
-                "train_state": dataclasses.asdict(self.state),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": cuda_rng,
-                "config": self.cfg.to_dict(),
-            }
-            try:
-                save_checkpoint(state, self.checkpoint_path())
-            except RunError as err:
-                failure = str(err)
-        failure = broadcast_value(failure, self.procs)
-        if failure:
-            raise RunError(failure)
+        save_run(self.checkpoint_path(), self._parts(), self.state, self.cfg, self.procs, self.device,
+                 f"optim.lr={self.cfg.optim.lr:g} may be too high): not saved; {self._last_good()}")
         self.saved_step = self.state.step
 
     def resume(self, ckpt: dict[str, Any] | None = None, changes: dict[str, list[Any]] | None = None) -> None:
@@ -247,25 +200,8 @@ class Trainer:
         any number of processes, recording the settings ``changes`` made by this resume (see
         :mod:`otface.train.resume`)."""
         path = self.checkpoint_path()
-        ckpt = load_checkpoint(path) if ckpt is None else ckpt
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ModelFileError(f"{path}: a checkpoint of format {ckpt.get('format', 1)!r}; this version of otface "
-                                 f"resumes format {CHECKPOINT_FORMAT} (start a new run)")
-        check_entries(ckpt, path, CHECKPOINT_ENTRIES)
-        load_into(self.backbone, ckpt["backbone"], path, "its backbone does not fit this run's")
-        head = self.head.load_full_state_dict if isinstance(self.head, PartialFC) else self.head
-        load_into(head, ckpt["head"], path, "its head does not fit this run's")
-        load_into(self.aux_losses, ckpt["losses"], path, "its losses do not fit this run's")
-        load_optimizer_state(self.optimizer, self.named_params, self.head, ckpt["optimizer"], path)
-        if ckpt["scaler"] and self.scaler.is_enabled():
-            load_into(self.scaler, ckpt["scaler"], path, "its gradient scaler state is not one this version reads")
-        known = {f.name for f in dataclasses.fields(TrainState)}
-        if not isinstance(ckpt["train_state"], dict) or set(ckpt["train_state"]) - known:
-            raise ModelFileError(f"{path}: its train_state is not one this version of otface wrote")
-        self.state = TrainState(**ckpt["train_state"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if self.device.type == "cuda" and ckpt["cuda_rng"]:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"][self.procs.rank % len(ckpt["cuda_rng"])], self.device)
+        self.state = restore_run(path, load_checkpoint(path) if ckpt is None else ckpt, self._parts(), self.procs,
+                                 self.device)
         self.saved_step = self.state.step
         processes = [self.state.world_size, self.procs.world_size]
         if changes or processes[0] != processes[1]:
@@ -394,7 +330,7 @@ class Trainer:
             self.state.epoch += 1
             self.state.batch_in_epoch = 0
             self.save()
-            self._check_skipped(self.state.samples)
+            check_skipped(self.state, self.state.samples, self.cfg.data.max_skip_fraction)
             if cfg.train.val_interval and self.state.epoch % cfg.train.val_interval == 0 \
                     and self.state.epoch < cfg.optim.epochs and procs.is_main:
                 self._log_validation(self.validation.evaluate(self.backbone, self.device, progress=False))
@@ -496,37 +432,14 @@ class Trainer:
         st.overflow_steps += result.overflow
 
     # ----------------------------------------------------------------------------- unreadable data
-    def _check_records_left_out(self, root: Path) -> None:
-        """Records dropped when the training set was opened (``data.on_error=skip``): logged,
-        and a :class:`RunError` when more than ``data.max_skip_fraction`` of them."""
-        skipped = self.dataset.skipped
-        for key, reason in skipped:
-            log.warning("unreadable record %d left out of the training set: %s", key, reason)
-        total = len(self.dataset) + len(skipped)
-        if skipped and len(skipped) > self.cfg.data.max_skip_fraction * total:
-            raise RunError(f"{len(skipped)} of the {total} records of {root} are unreadable, more than "
-                           f"data.max_skip_fraction={self.cfg.data.max_skip_fraction:g}; first: {skipped[0][1]}")
-
     def _handle_bad(self, bad: list[BadSample], lost: int) -> None:
-        """Count the ``lost`` samples of all processes, log and keep this process's ``bad`` ones,
-        and stop once more samples were skipped than ``data.max_skip_fraction`` allows."""
-        if not lost:
-            return
-        self.state.skipped_samples += lost
-        for sample in bad:
-            if len(self.state.bad_samples) < KEPT_BAD_SAMPLES:
-                self.state.bad_samples.append([sample.index, sample.reason])
-            log.warning("skipped sample %d (%d skipped in all): %s", sample.index, self.state.skipped_samples,
-                        sample.reason)
-        planned = self.cfg.optim.epochs * self.steps_per_epoch * self.cfg.optim.grad_accum * self.cfg.optim.batch_size
-        self._check_skipped(planned)
-
-    def _check_skipped(self, out_of: int) -> None:
-        limit = self.cfg.data.max_skip_fraction
-        if self.state.skipped_samples > limit * out_of:
-            first = self.state.bad_samples[0][1] if self.state.bad_samples else ""
-            raise RunError(f"{self.state.skipped_samples} unreadable training samples skipped, more than "
-                           f"data.max_skip_fraction={limit:g} of {out_of}; first: {first}")
+        """Count the ``lost`` samples of all processes, keep this process's ``bad`` ones, and stop
+        once more samples were skipped than ``data.max_skip_fraction`` of those planned allows."""
+        if lost:
+            record_bad_samples(self.state, bad, lost)
+            o = self.cfg.optim
+            check_skipped(self.state, o.epochs * self.steps_per_epoch * o.grad_accum * o.batch_size,
+                          self.cfg.data.max_skip_fraction)
 
     # ----------------------------------------------------------------------------- reporting
     def _log_window(self, lr: float, bar: tqdm) -> None:
@@ -564,32 +477,11 @@ class Trainer:
         self._log_validation(results)
         if self.metrics is not None:
             self.metrics.picture("roc", roc, self.state.step)
-        st = self.state
-        rows = [r for r in st.history if r["images_per_second"] > 0]
-        steps = max(st.step, 1)
-        micro_batches = steps * self.cfg.optim.grad_accum
+        loss_scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         summary = {
             "verification": results,
-            "train": {
-                "epochs": st.epoch,
-                "steps": st.step,
-                "images": st.images,
-                "train_seconds": st.seconds,
-                "images_per_second": st.images / st.seconds if st.seconds > 0 else math.nan,
-                "hard_groups_per_step": st.hard_groups / micro_batches,
-                "skipped_steps": st.skipped_steps,
-                "skipped_records": [[key, reason] for key, reason in self.dataset.skipped[:KEPT_BAD_SAMPLES]],
-                "num_skipped_records": len(self.dataset.skipped),
-                "skipped_samples": st.skipped_samples,
-                "bad_samples": st.bad_samples,
-                "final_loss": rows[-1]["loss"] if rows else math.nan,
-                "history": st.history,
-                "resumes": st.resumes,
-                "world_size": self.procs.world_size,
-                "amp": self.cfg.train.amp,
-                "loss_scale": self.scaler.get_scale() if self.scaler.is_enabled() else None,
-                "overflow_steps": st.overflow_steps,
-            },
+            "train": train_summary(self.state, self.cfg.optim.grad_accum, self.dataset.skipped[:KEPT_BAD_SAMPLES],
+                                   len(self.dataset.skipped), self.procs.world_size, self.cfg.train.amp, loss_scale),
             "config": self.cfg.to_dict(),
         }
         return summary

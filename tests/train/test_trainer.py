@@ -16,7 +16,8 @@ from otface.data.recordio import RecordIOError, RecordReader, unpack_record
 from otface.data.skipping import BadSample
 from otface.errors import RunError
 from otface.train.data import prepare_data
-from otface.train.trainer import NonFiniteLossError, NonFiniteWeightsError, Trainer
+from otface.train.run_checkpoint import NonFiniteWeightsError
+from otface.train.trainer import NonFiniteLossError, Trainer
 from support.runs import TINY
 
 
