@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from otface.heads.base import MarginHead
+from otface.heads.base import HEADS, MarginHead
 
 
 def additive_angular_margin(cos_target: torch.Tensor, margin: float | torch.Tensor) -> torch.Tensor:
@@ -25,6 +25,7 @@ def additive_angular_margin(cos_target: torch.Tensor, margin: float | torch.Tens
     return torch.where(below_pi, phi, cos_target - margin * sin_m)
 
 
+@HEADS.register("arcface")
 class ArcFace(MarginHead):
     """s * cos(theta_y + m) for the target class, s * cos(theta_j) for the others (ArcFace Eq. 3).
 

@@ -16,6 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from otface.batches import checked_labels
+from otface.registry import Registry
+
+HEADS: Registry["MarginHead"] = Registry("head")  # heads register where they are defined: @HEADS.register(name)
+
 
 def held_rows(table: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
     """The rows ``rows`` of a class-indexed (C, ...) table, or all of it for None."""
@@ -51,25 +56,10 @@ class MarginHead(nn.Module):
 
     def check_batch(self, embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None,
                     check_range: bool = True) -> torch.Tensor:
-        """Validate the shapes and the label range (``num_classes``: the head's); the labels as
-        int64 (uint8 would index as a mask)."""
-        if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_size:
-            raise ValueError(f"embeddings must be (N, {self.embedding_size}), got {tuple(embeddings.shape)}")
-        if labels.shape != embeddings.shape[:1]:
-            raise ValueError(f"labels must be ({embeddings.shape[0]},), got {tuple(labels.shape)}")
-        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-            raise ValueError(f"labels must be integer class indices, got {labels.dtype}")
-        if check_range:
-            self.check_label_range(labels, self.num_classes if num_classes is None else num_classes)
-        return labels.long()
-
-    @staticmethod
-    def check_label_range(labels: torch.Tensor, num_classes: int) -> None:
-        """ValueError unless every label lies in [0, num_classes)."""
-        if labels.numel():
-            lo, hi = torch.stack(torch.aminmax(labels)).tolist()  # one device sync
-            if lo < 0 or hi >= num_classes:
-                raise ValueError(f"labels must lie in [0, {num_classes}); got range [{lo}, {hi}]")
+        """Validate the batch (:func:`otface.batches.checked_labels`) and, with ``check_range``, the
+        label range (``num_classes``: the head's); the labels as int64."""
+        classes = (self.num_classes if num_classes is None else num_classes) if check_range else None
+        return checked_labels(embeddings, labels, self.embedding_size, classes)
 
     def cosine(self, embeddings: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(N, E) -> (N, C) cosines of normalised embeddings and class weights; with ``rows``

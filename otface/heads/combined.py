@@ -10,9 +10,10 @@ import math
 
 import torch
 
-from otface.heads.base import MarginHead
+from otface.heads.base import HEADS, MarginHead
 
 
+@HEADS.register("combined")
 class CombinedMargin(MarginHead):
     """Target logit s * (cos(m1 theta_y + m2) - m3), insightface's ``margin_softmax`` defaults (1, 0.3, 0.2), s=64.
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from otface.heads.base import MarginHead
+from otface.heads.base import HEADS, MarginHead
 
 
+@HEADS.register("cosface", "am_softmax")
 class CosFace(MarginHead):
     """Additive cosine margin on the target logit: cos(theta_y) - m."""
 

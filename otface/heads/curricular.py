@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from otface.heads.arcface import ArcFace
-from otface.heads.base import MarginHead
+from otface.heads.base import HEADS, MarginHead
 
 
+@HEADS.register("curricular")
 class CurricularFace(ArcFace):
     """Target s * T(theta_y) = s * cos(theta_y + m), with ArcFace's fallback past theta_y = pi - m;
     negatives s * cos_j, or s * cos_j * (t + cos_j) for the hard ones, cos_j > T(theta_y).

@@ -7,7 +7,7 @@ import math
 import torch
 
 from otface.heads.arcface import additive_angular_margin
-from otface.heads.base import MarginHead
+from otface.heads.base import HEADS, MarginHead
 
 
 class ElasticMargin(MarginHead):
@@ -73,6 +73,7 @@ class ElasticMargin(MarginHead):
         return super().extra_repr() + f", margin={self.margin}, sigma={self.sigma}"
 
 
+@HEADS.register("elastic_arc")
 class ElasticArcFace(ElasticMargin):
     """ElasticFace-Arc (Eq. 6): target s * cos(theta_y + m_i), m_i ~ N(m, sigma), ArcFace's fallback past pi.
 
@@ -87,6 +88,7 @@ class ElasticArcFace(ElasticMargin):
         return additive_angular_margin(cos_target, margins)
 
 
+@HEADS.register("elastic_cos")
 class ElasticCosFace(ElasticMargin):
     """ElasticFace-Cos (Eq. 7): target s * (cos(theta_y) - m_i), m_i ~ N(m, sigma)."""
 
@@ -98,6 +100,7 @@ class ElasticCosFace(ElasticMargin):
         return cos_target - margins
 
 
+@HEADS.register("elastic_arc_plus")
 class ElasticArcFacePlus(ElasticArcFace):
     """ElasticFace-Arc+: ElasticFace-Arc with the margins assigned by rank; sigma = 0.0175 (authors' config)."""
 
@@ -108,6 +111,7 @@ class ElasticArcFacePlus(ElasticArcFace):
         super().__init__(embedding_size, num_classes, scale, margin, sigma, generator)
 
 
+@HEADS.register("elastic_cos_plus")
 class ElasticCosFacePlus(ElasticCosFace):
     """ElasticFace-Cos+: ElasticFace-Cos with the margins assigned by rank; sigma = 0.02 (authors' config)."""
 

@@ -7,9 +7,10 @@ import math
 import torch
 
 from otface.heads.base import MarginHead
-from otface.heads.mining import MiningHead
+from otface.heads.mining import HEAD_WRAPPERS, MiningHead
 
 
+@HEAD_WRAPPERS.register("focal")
 class Focal(MiningHead):
     """mean_i (1 - p_i)^gamma * (-log p_i), p_i the softmax probability of the target class under
     the wrapped head's logits (focal loss Eq. 4; not the alpha-balanced Eq. 5; MV-Softmax's

@@ -11,7 +11,7 @@ import math
 import torch
 
 from otface.heads.base import MarginHead
-from otface.heads.mining import MiningHead
+from otface.heads.mining import HEAD_WRAPPERS, MiningHead
 
 
 def num_hardest(batch_size: int, ratio: float) -> int:
@@ -20,6 +20,7 @@ def num_hardest(batch_size: int, ratio: float) -> int:
     return min(batch_size, max(1, math.floor(round(ratio * batch_size, 9))))
 
 
+@HEAD_WRAPPERS.register("hm")
 class HardMining(MiningHead):
     """HM-Softmax: the mean cross-entropy of the hardest ``ratio`` of the batch only.
 

@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from otface.heads.base import MarginHead
+from otface.registry import Registry
+
+HEAD_WRAPPERS: Registry["MiningHead"] = Registry("head wrapper")  # MiningHead(head, **params) by name
 
 
 class MiningHead(nn.Module):

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from otface.heads.arcface import ArcFace
-from otface.heads.base import MarginHead
+from otface.heads.base import HEADS, MarginHead
 from otface.heads.cosface import CosFace
 
 
@@ -45,6 +45,7 @@ class MVSoftmax(MarginHead):
         return MarginHead.extra_repr(self) + f", margin={self.margin}, t={self.t}, adaptive={self.adaptive}"
 
 
+@HEADS.register("mv_am")
 class MVAMSoftmax(MVSoftmax, CosFace):
     """MV-AM-Softmax: target cos(theta_y) - m (AM-Softmax / CosFace), mis-classified negatives re-weighted."""
 
@@ -53,6 +54,7 @@ class MVAMSoftmax(MVSoftmax, CosFace):
         super().__init__(embedding_size, num_classes, scale, margin, t=t, adaptive=adaptive)
 
 
+@HEADS.register("mv_arc")
 class MVArcSoftmax(MVSoftmax, ArcFace):
     """MV-Arc-Softmax: target cos(theta_y + m) with ArcFace's fallback, mis-classified negatives re-weighted."""
 

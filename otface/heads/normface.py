@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from otface.heads.base import MarginHead
+from otface.heads.base import HEADS, MarginHead
 
 
+@HEADS.register("normface")
 class NormFace(MarginHead):
     """s * cos(theta_j) for every class, no margin.
 

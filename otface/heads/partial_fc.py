@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from otface.batches import check_label_range
 from otface.heads.base import MarginHead
 from otface.heads.mining import MiningHead
 from otface.parallel import all_gathered
@@ -200,7 +201,7 @@ class PartialFC(nn.Module):
         inner = self.inner
         labels = inner.check_batch(embeddings, labels, self.num_classes, check_range=False)
         x, labels = self._gathered(embeddings, labels)
-        inner.check_label_range(labels, self.num_classes)
+        check_label_range(labels, self.num_classes)
         with torch.autocast(x.device.type, enabled=False):
             rows = self.sample_classes(labels)
             scores = inner.scores(x, rows)  # (N, S)

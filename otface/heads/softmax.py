@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from otface.heads.base import MarginHead, held_rows
+from otface.heads.base import HEADS, MarginHead, held_rows
 
 
+@HEADS.register("softmax")
 class Softmax(MarginHead):
     """Linear classifier on the raw embedding: logit_j = w_j . x + b_j, then cross-entropy.
 

@@ -12,7 +12,7 @@ from numbers import Integral
 
 import torch
 
-from otface.heads.base import MarginHead
+from otface.heads.base import HEADS, MarginHead
 
 
 def chebyshev_cos(cos: torch.Tensor, m: int) -> torch.Tensor:
@@ -37,6 +37,7 @@ def a_softmax_psi(cos: torch.Tensor, m: int) -> torch.Tensor:
     return (1 - 2 * torch.remainder(k, 2)) * chebyshev_cos(cos, m) - 2 * k
 
 
+@HEADS.register("sphereface", "a_softmax")
 class SphereFace(MarginHead):
     """A-Softmax with the authors' lambda annealing; logits are not multiplied by a scale.
 

@@ -1,9 +1,8 @@
 """Losses: OTFace's hard-group mining and optimal-transport loss (SPEC §1), and the auxiliary
 losses that combine with any head (SPEC §3): L = L_head + w_ot L_OT + sum_k w_k L_k.
 
-Adding an auxiliary loss: an ``nn.Module`` whose constructor takes what it needs among
-``embedding_size`` and ``num_classes`` plus keyword hyper-parameters, with
-``forward(embeddings, labels, head=None) -> scalar``, and one registration line below.
+Adding an auxiliary loss: an ``nn.Module`` as :mod:`otface.losses.base` describes, registered
+where it is defined, its module imported here.
 """
 
 from __future__ import annotations
@@ -14,19 +13,13 @@ from typing import Any
 from torch import nn
 
 from otface.errors import UnknownParameterError
+from otface.losses.base import AUX_LOSSES
 from otface.losses.center import CenterLoss
 from otface.losses.contrastive import ContrastiveLoss
 from otface.losses.discface import DiscFaceLoss
 from otface.losses.mining import mine_hard_groups, unique_pairs
 from otface.losses.ot_loss import OTLoss, OTLossOutput
 from otface.losses.triplet import TripletLoss
-from otface.registry import Registry
-
-AUX_LOSSES: Registry[nn.Module] = Registry("auxiliary loss")
-AUX_LOSSES.register("discface")(DiscFaceLoss)
-AUX_LOSSES.register("center")(CenterLoss)
-AUX_LOSSES.register("triplet")(TripletLoss)
-AUX_LOSSES.register("contrastive")(ContrastiveLoss)
 
 
 def build_aux_loss(name: str, embedding_size: int, num_classes: int, **hyper: Any) -> nn.Module:

@@ -22,10 +22,12 @@ import math
 import torch
 from torch import Tensor, nn
 
+from otface.losses.base import AUX_LOSSES
 from otface.losses.checks import checked_batch, mean_or_zero
 from otface.parallel import all_gathered
 
 
+@AUX_LOSSES.register("center")
 class CenterLoss(nn.Module):
     """1/2 mean_i ||x_i - c_{y_i}||^2 on the raw (unnormalised) embeddings.
 

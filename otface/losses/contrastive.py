@@ -17,12 +17,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from otface.losses.base import AUX_LOSSES
 from otface.losses.checks import checked_batch, mean_or_zero
 from otface.losses.distances import unit_sq_distances
 
 _TINY_SQ_DISTANCE = 1e-12  # below it sqrt(d^2) is held (its gradient 1/(2d) would overflow)
 
 
+@AUX_LOSSES.register("contrastive")
 class ContrastiveLoss(nn.Module):
     """Mean of Hadsell's contrastive loss over all pairs i < j of the batch.
 

@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from otface.losses.base import AUX_LOSSES
 from otface.losses.checks import checked_batch, mean_or_zero
 
 
+@AUX_LOSSES.register("discface")
 class DiscFaceLoss(nn.Module):
     """mean_i || z_i/|z_i| - w_{y_i}/|w_{y_i}| - xi ||_2 with the head's class weights w.
 

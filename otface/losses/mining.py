@@ -16,20 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from otface.batches import checked_labels
 from otface.ot.cost import inverse_norm
 
 _CHUNK_ELEMENTS = 1 << 22  # (positive pair, sample) comparisons per chunk
-
-
-def _check_batch(embeddings: Tensor, labels: Tensor) -> None:
-    if embeddings.ndim != 2:
-        raise ValueError(f"embeddings must be (N, E), got shape {tuple(embeddings.shape)}")
-    if labels.ndim != 1 or labels.shape[0] != embeddings.shape[0]:
-        raise ValueError(f"labels must be (N,) with N = {embeddings.shape[0]}, got shape {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.is_complex():
-        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
-    if not embeddings.is_floating_point():
-        raise TypeError(f"embeddings must be a float tensor, got {embeddings.dtype}")
 
 
 def _merge_hardest(best: tuple[Tensor, Tensor], new: tuple[Tensor, Tensor], k: int) -> tuple[Tensor, Tensor]:
@@ -56,7 +46,7 @@ def mine_hard_groups(
     Returns:
         (H, 3) long tensor of (anchor, positive, negative) indices, on the embeddings' device.
     """
-    _check_batch(embeddings, labels)
+    checked_labels(embeddings, labels)
     if max_groups is not None and (isinstance(max_groups, bool) or not isinstance(max_groups, int) or max_groups < 1):
         raise ValueError(f"max_groups must be None or an integer >= 1, got {max_groups!r}")
     emb = embeddings.detach()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from otface.losses.base import AUX_LOSSES
 from otface.losses.checks import checked_batch, mean_or_zero
 from otface.losses.distances import unit_sq_distances
 
@@ -53,6 +54,7 @@ def batch_hard_triplets(dist: Tensor, same: Tensor) -> Tensor:
     return torch.stack([a, hardest_pos[a], hardest_neg[a]], 1)
 
 
+@AUX_LOSSES.register("triplet")
 class TripletLoss(nn.Module):
     """FaceNet's triplet loss on the triplets mined in the batch.
 

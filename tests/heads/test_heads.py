@@ -122,7 +122,7 @@ def test_errors():
         head(torch.randn(2, 8), torch.tensor([0, 5]))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\)"):
         head(torch.randn(2, 8), torch.tensor([-1, 2]))
-    with pytest.raises(ValueError, match="integer"):
+    with pytest.raises(TypeError, match="integer"):
         head(torch.randn(2, 8), torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match=r"labels must be \(2,\)"):
         head(torch.randn(2, 8), torch.tensor([0, 1, 2]))

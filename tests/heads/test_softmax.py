@@ -66,7 +66,7 @@ def test_label_checks_and_repr():
     head = Softmax(4, 3)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         head(torch.randn(2, 4), torch.tensor([0, 3]))
-    with pytest.raises(ValueError, match="integer"):
+    with pytest.raises(TypeError, match="integer"):
         head.logits(torch.randn(2, 4), torch.tensor([0.0, 1.0]))
     with pytest.raises(TypeError):
         Softmax(4, 3, scale=2.0)
