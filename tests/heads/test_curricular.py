@@ -130,18 +130,6 @@ def test_gradcheck_float64():
     torch.testing.assert_close(g_train, g_eval)
 
 
-@pytest.mark.parametrize("sign", [1.0, -1.0])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_finite_gradients_at_cos_plus_minus_one(sign, dtype):
-    head = CurricularFace(8, 3).to(dtype)
-    head.t.fill_(0.5)
-    emb = (sign * head.weight.detach().clone()).requires_grad_(True)
-    loss = head(emb, torch.tensor([0, 1, 2]))
-    loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(emb.grad).all() and torch.isfinite(head.weight.grad).all()
-    assert torch.isfinite(head.t)
-
-
 def test_defaults_and_repr():
     head = CurricularFace(8, 4)
     assert isinstance(head, ArcFace)

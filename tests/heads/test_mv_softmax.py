@@ -106,31 +106,6 @@ def test_t_zero_is_the_plain_margin_head(cls, plain):
     torch.testing.assert_close(head.logits(emb, labels), fixed.logits(emb, labels))
 
 
-@pytest.mark.parametrize("cls, adaptive", VARIANTS)
-def test_gradcheck_float64(cls, adaptive):
-    torch.manual_seed(2)
-    head = cls(4, 5, scale=4.0, adaptive=adaptive).double()
-    emb, labels = inputs(head, n=6, n_close=2, n_opposite=2, seed=2)
-    emb = emb.double().requires_grad_(True)
-    weight = head.weight.detach().clone().requires_grad_(True)
-
-    def loss(e, w):
-        return torch.func.functional_call(head, {"weight": w}, (e, labels))
-
-    assert torch.autograd.gradcheck(loss, (emb, weight))
-
-
-@pytest.mark.parametrize("cls, adaptive", VARIANTS)
-@pytest.mark.parametrize("sign", [1.0, -1.0])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_finite_values_and_gradients_at_cos_plus_minus_one(cls, adaptive, sign, dtype):
-    head = cls(8, 3, adaptive=adaptive).to(dtype)
-    emb = (sign * head.weight.detach().clone()).requires_grad_(True)
-    loss = head(emb, torch.tensor([0, 1, 2]))
-    loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(emb.grad).all() and torch.isfinite(head.weight.grad).all()
-
-
 def test_defaults_validation_and_repr():
     am, arc = MVAMSoftmax(8, 4), MVArcSoftmax(8, 4)
     assert isinstance(am, CosFace) and isinstance(arc, ArcFace)
