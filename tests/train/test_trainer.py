@@ -58,16 +58,33 @@ def test_resume_continues_exactly(tmp_path, cache):
     torch.testing.assert_close(resumed.head.weight, full.head.weight)
 
 
-def test_gradient_accumulation_holds_the_schedule(tmp_path, cache):
-    """Two accumulated micro-batches of 8 make one optimiser step: the same number of steps (and
-    so the same learning-rate schedule) and images as batches of 16."""
-    a, _ = run(tmp_path / "a", cache, "optim.epochs=1", "ot.weight=0", "data.sampler=random", "data.flip=false",
-               "optim.momentum=0", "optim.weight_decay=0")
+def test_gradient_accumulation_holds_the_schedule_and_equals_one_batch(tmp_path, cache):
+    """Two accumulated micro-batches of 8 make one optimiser step of a batch of 16: the same
+    number of steps (so the same learning-rate schedule) and images over an epoch, and the same
+    update of every weight -- the backbone in eval mode, so that batch norm uses its running
+    statistics and no per-micro-batch statistics tell the two apart."""
+    common = [cache, "optim.epochs=1", "ot.weight=0", "data.sampler=random", "data.flip=false"]
+    a, _ = run(tmp_path / "a", *common)
     assert a.state.step == a.steps_per_epoch
-    b, _ = run(tmp_path / "b", cache, "optim.epochs=1", "ot.weight=0", "data.sampler=random", "data.flip=false",
-               "optim.momentum=0", "optim.weight_decay=0", "optim.batch_size=8", "optim.grad_accum=2")
+    b, _ = run(tmp_path / "b", *common, "optim.batch_size=8", "optim.grad_accum=2")
     assert b.state.step == a.state.step
     assert b.state.images == a.state.images
+
+    one = Trainer(load_config(None, TINY + common), tmp_path / "one")
+    two = Trainer(load_config(None, TINY + common + ["optim.batch_size=8", "optim.grad_accum=2"]), tmp_path / "two")
+    images, labels, _ = next(iter(one._loader()))
+    assert len(labels) == 16
+    for trainer in (one, two):
+        trainer.backbone.eval()
+    one.step([one._micro_batch(images, labels, [], 0)])
+    two.step([two._micro_batch(images[:8], labels[:8], [], 0), two._micro_batch(images[8:], labels[8:], [], 1)])
+    for name, value in one.backbone.state_dict().items():
+        torch.testing.assert_close(two.backbone.state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    torch.testing.assert_close(two.head.weight, one.head.weight, rtol=1e-5, atol=1e-6)
+    fresh = Trainer(load_config(None, TINY + common), tmp_path / "fresh")
+    moved = sum(not torch.equal(v, fresh.backbone.state_dict()[k]) for k, v in one.backbone.state_dict().items()
+                if v.is_floating_point())
+    assert moved > 0  # the step did update the weights compared
 
 
 def test_cli_train_writes_results_and_rejects_bad_keys(tmp_path, cache, capsys):
