@@ -1,0 +1,296 @@
+"""Does the OT term help? ArcFace alone against ArcFace + OT on the synthetic faces, paired by seed.
+
+    python benchmarks/ot_study.py --arms arcface arcface+ot --seeds 0 1 2 3 4   # run (skips runs in the JSON)
+    python benchmarks/ot_study.py --gradient-ratio runs/<run>/last.pt            # OT / head gradient at the stage
+    python benchmarks/ot_study.py --report                                       # tables and plots only
+
+Every arm is the default ``otface train`` run (synthetic faces, IResNet-18 at width 1/4, 56 px,
+six epochs, P x K batches of 64) on protocols of PROTOCOL_PAIRS pairs each, with only the arm's
+overrides and ``train.seed`` changed: the seed changes initialisation, batch order and flips; the
+data set stays fixed. Runs accumulate in benchmarks/ot_study.json (one entry per arm and seed,
+with its full config, figures, machine, date and commit), so the study grows run by run; after
+every run docs/experiments.md and docs/images/ot_study_*.png are rewritten from the JSON. One
+command reruns any row: ``--arms <label> --seeds <seed> --force``.
+
+Statistics: mean ± std over seeds per arm; for an arm with a baseline, the paired difference
+(arm - baseline, same seed) with a 95 % t interval over the seeds both have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+RESULTS = HERE / "ot_study.json"
+DOC = ROOT / "docs" / "experiments.md"
+IMAGES = ROOT / "docs" / "images"
+PROTOCOL_PAIRS = 6000  # per verification protocol, as LFW: a one-point difference is then measurable
+SETS = ("synth_easy", "synth_hard")
+METRICS = {"accuracy": "accuracy (%)", "tar_at_far": "TAR @ FAR 1e-3 (%)", "auc": "AUC (%)"}
+
+
+def _ot(**settings: Any) -> list[str]:
+    return [f"ot.{key}={value}" for key, value in settings.items()]
+
+
+# label -> (overrides of the default run, baseline label for the paired difference, ablation group)
+ARMS: dict[str, tuple[list[str], str | None, str]] = {
+    "arcface": (["ot.weight=0"], None, "main"),
+    "arcface+ot": ([], "arcface", "main"),
+    "ot weight 10": (_ot(weight=10), "arcface", "weight"),
+    "ot weight 100": (_ot(weight=100), "arcface", "weight"),
+    "ot on layer1": (_ot(stage="layer1"), "arcface", "stage"),
+    "ot on layer3": (_ot(stage="layer3"), "arcface", "stage"),
+    "ot on layer4": (_ot(stage="layer4"), "arcface", "stage"),
+    "ot, 32 groups": (_ot(max_groups=32), "arcface", "group cap"),
+    "ot, all groups": (_ot(max_groups=0), "arcface", "group cap"),
+    "arcface, random batches": (["ot.weight=0", "data.sampler=random"], None, "sampler"),
+    "arcface+ot, random batches": (["data.sampler=random"], "arcface, random batches", "sampler"),
+    "am-softmax": (["ot.weight=0", "head.name=cosface", 'head.params={"scale": 32.0, "margin": 0.35}'], None,
+                   "am-softmax"),
+    "am-softmax+ot": (["head.name=cosface", 'head.params={"scale": 32.0, "margin": 0.35}'], "am-softmax",
+                      "am-softmax"),
+}
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def overrides_of(label: str, seed: int) -> list[str]:
+    return [f"data.synthetic.num_pairs={PROTOCOL_PAIRS}", *ARMS[label][0], f"train.seed={seed}",
+            "train.progress=false"]
+
+
+def run_arm(label: str, seed: int, runs: Path) -> dict[str, Any]:
+    """Train one arm with one seed; its entry of the JSON."""
+    from otface.config import load_config
+    from otface.train.trainer import Trainer
+
+    cfg = load_config(None, overrides_of(label, seed))
+    out = runs / f"{re.sub(r'[^a-z0-9]+', '_', label.lower()).strip('_')}_seed{seed}"
+    result = Trainer(cfg, out).train()
+    history = result["train"]["history"]
+    terms = {key: float(np.mean([row[key] for row in history])) for key in history[-1] if key.endswith("_loss")}
+    return {
+        "arm": label,
+        "seed": seed,
+        "overrides": overrides_of(label, seed),
+        "verification": {name: {k: r.get(k) for k in ("accuracy", "accuracy_std", "tar_at_far", "far", "far_target",
+                                                      "auc", "pairs")}
+                         for name, r in result["verification"].items()},
+        "mean_terms": terms,
+        "hard_groups_per_step": result["train"]["hard_groups_per_step"],
+        "train_seconds": result["train"]["train_seconds"],
+        "images_per_second": result["train"]["images_per_second"],
+        "config": result["config"],
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "date": datetime.date.today().isoformat(),
+        "commit": _commit(),
+    }
+
+
+def gradient_ratio(checkpoint: Path, batches: int = 8) -> dict[str, float]:
+    """|dL_OT/dF| / |dL_head/dF| at the OT stage's feature maps F of a trained default run, over
+    ``batches`` training batches (weight 1): how strongly the OT term pulls against the head."""
+    from otface.checkpoint import load_checkpoint
+    from otface.config import config_from_dict
+    from otface.train.trainer import Trainer
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = config_from_dict(ckpt["config"])
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, Path(tmp) / "run")
+        trainer.resume(ckpt)
+        ot = next(term for term in trainer.terms if term.name == "ot")
+        ratios = []
+        for position, (images, labels, bad) in enumerate(trainer._loader()):
+            if position == batches:
+                break
+            inputs, labels = trainer._micro_batch(images, labels, bad, position)
+            emb, features = trainer.model(inputs)
+            fmap = features[ot.stage]
+            head = trainer.head(emb, labels)
+            ot_loss, _ = ot(emb, labels, trainer.full_head, features)
+            (g_head,) = torch.autograd.grad(head, fmap, retain_graph=True)
+            (g_ot,) = torch.autograd.grad(ot_loss, fmap, allow_unused=True)
+            ratios.append(0.0 if g_ot is None else (g_ot.norm() / g_head.norm()).item())
+    return {"stage": ot.stage, "batches": batches, "mean": float(np.mean(ratios)), "min": float(np.min(ratios)),
+            "max": float(np.max(ratios)), "checkpoint": str(checkpoint)}
+
+
+def _t975(df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def figure(run: dict[str, Any], name: str, metric: str) -> float | None:
+    value = run["verification"][name].get(metric)
+    return None if value is None else 100.0 * value
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per arm: seeds, mean/std of each figure, and the paired difference to its baseline."""
+    by_arm: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in runs:
+        by_arm.setdefault(r["arm"], {})[r["seed"]] = r
+    out = {}
+    for label, seeds in by_arm.items():
+        stats: dict[str, Any] = {"seeds": sorted(seeds), "figures": {}, "paired": {}}
+        baseline = by_arm.get(ARMS[label][1]) if label in ARMS and ARMS[label][1] else None
+        for name in SETS:
+            for metric in METRICS:
+                values = [figure(seeds[s], name, metric) for s in sorted(seeds)]
+                values = [v for v in values if v is not None]
+                if values:
+                    stats["figures"][f"{name}/{metric}"] = (float(np.mean(values)),
+                                                            float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+                if baseline:
+                    common = sorted(set(seeds) & set(baseline))
+                    diffs = [figure(seeds[s], name, metric) - figure(baseline[s], name, metric) for s in common
+                             if figure(seeds[s], name, metric) is not None
+                             and figure(baseline[s], name, metric) is not None]
+                    if len(diffs) >= 2:
+                        mean, sd = float(np.mean(diffs)), float(np.std(diffs, ddof=1))
+                        half = _t975(len(diffs) - 1) * sd / math.sqrt(len(diffs))
+                        stats["paired"][f"{name}/{metric}"] = (mean, mean - half, mean + half, len(diffs))
+        stats["seconds"] = float(np.mean([r["train_seconds"] for r in seeds.values()]))
+        stats["groups"] = float(np.mean([r["hard_groups_per_step"] for r in seeds.values()]))
+        stats["ot_loss"] = float(np.mean([r["mean_terms"].get("ot_loss", 0.0) for r in seeds.values()]))
+        out[label] = stats
+    return out
+
+
+def write_report(data: dict[str, Any]) -> None:
+    """docs/experiments.md and its plots, from the JSON only."""
+    runs = data.get("runs", [])
+    stats = summarise(runs)
+    cpu_hours = sum(r["train_seconds"] for r in runs) / 3600
+    lines = [
+        "# Experiments: does the OT term help?",
+        "",
+        "Generated by `python benchmarks/ot_study.py --report` from `benchmarks/ot_study.json`; every figure",
+        "below is that file's. Each arm is the default `otface train` run on the synthetic faces with the",
+        f"overrides shown, on verification protocols of {PROTOCOL_PAIRS} pairs each (half genuine), seeds as",
+        "listed (a seed changes initialisation, batch order and flips; the images are the same). Accuracy",
+        "is insightface's 10-fold protocol; TAR at FAR 1e-3 with thresholds from the other nine folds; AUC",
+        "of the ROC. Mean ± std over seeds; Δ: the paired difference to the arm's baseline (same seeds)",
+        "with its 95 % t interval, in points.",
+        "",
+        f"{len(runs)} runs so far, {cpu_hours:.1f} hours of training on "
+        f"{', '.join(sorted({r['machine'] for r in runs})) or 'no machine yet'}.",
+        "",
+    ]
+    for group in dict.fromkeys(g for _, _, g in ARMS.values()):
+        labels = [label for label, (_, _, g) in ARMS.items() if g == group and label in stats]
+        if not labels:
+            continue
+        lines += [f"## {group}", "", "| arm | overrides | seeds | " + " | ".join(
+            f"{name.removeprefix('synth_')} {METRICS[m]}" for name in SETS for m in METRICS) + " | hard groups / step "
+            "| OT loss | s / run |", "|---|---|---|" + "---:|" * (len(SETS) * len(METRICS) + 3)]
+        for label in labels:
+            s = stats[label]
+            cells = []
+            for name in SETS:
+                for m in METRICS:
+                    key = f"{name}/{m}"
+                    cell = f"{s['figures'][key][0]:.2f} ± {s['figures'][key][1]:.2f}" if key in s["figures"] else "–"
+                    if key in s["paired"]:
+                        d, lo, hi, _ = s["paired"][key]
+                        cell += f"<br>Δ {d:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+                    cells.append(cell)
+            over = " ".join(f"`{o}`" for o in ARMS[label][0]) or "(the default run)"
+            lines.append(f"| {label} | {over} | {', '.join(map(str, s['seeds']))} | " + " | ".join(cells)
+                         + f" | {s['groups']:.1f} | {s['ot_loss']:.4f} | {s['seconds']:.0f} |")
+        lines.append("")
+    if data.get("gradient_ratio"):
+        g = data["gradient_ratio"]
+        lines += ["## The OT term's pull", "",
+                  f"|dL_OT/dF| / |dL_head/dF| at {g['stage']}'s feature maps F of the trained default run, weight 1, "
+                  f"over {g['batches']} training batches: mean {g['mean']:.3g} (min {g['min']:.3g}, max "
+                  f"{g['max']:.3g}).", ""]
+    if data.get("findings"):
+        lines += ["## What the evidence says", "", *data["findings"], ""]
+    DOC.write_text("\n".join(lines) + "\n")
+    plot(runs)
+
+
+def plot(runs: list[dict[str, Any]]) -> None:
+    """Per seed, the main arms' accuracy and TAR on both protocols, lines joining a seed's pair."""
+    main = [label for label, (_, _, g) in ARMS.items() if g == "main"]
+    if not any(r["arm"] in main for r in runs):
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.4))
+    panels = [(name, m) for m in ("accuracy", "tar_at_far") for name in SETS]
+    for ax, (name, metric) in zip(axes, panels):
+        by_seed: dict[int, dict[str, float]] = {}
+        for r in runs:
+            if r["arm"] in main and figure(r, name, metric) is not None:
+                by_seed.setdefault(r["seed"], {})[r["arm"]] = figure(r, name, metric)
+        for seed, values in sorted(by_seed.items()):
+            xs = [i for i, label in enumerate(main) if label in values]
+            ax.plot(xs, [values[main[i]] for i in xs], marker="o", color="grey", alpha=0.6)
+        ax.set_xticks(range(len(main)), main)
+        ax.set_xlim(-0.4, len(main) - 0.6)
+        ax.set_title(f"{name}: {METRICS[metric]}", fontsize=9)
+    fig.suptitle("ArcFace alone and with the OT term, one line per seed", fontsize=10)
+    fig.tight_layout()
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    fig.savefig(IMAGES / "ot_study_main.png", dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arms", nargs="+", default=[], choices=list(ARMS), metavar="LABEL")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--force", action="store_true", help="rerun runs already in the JSON")
+    parser.add_argument("--runs", type=Path, default=None, help="run folders (default: a temporary folder)")
+    parser.add_argument("--gradient-ratio", type=Path, default=None, metavar="CHECKPOINT")
+    parser.add_argument("--report", action="store_true", help="only rewrite the doc and plots from the JSON")
+    args = parser.parse_args()
+    data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": []}
+    if args.gradient_ratio:
+        data["gradient_ratio"] = gradient_ratio(args.gradient_ratio)
+        print(data["gradient_ratio"])
+        RESULTS.write_text(json.dumps(data, indent=1) + "\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = args.runs or Path(tmp)
+        for label in args.arms:
+            for seed in args.seeds:
+                done = [r for r in data["runs"] if r["arm"] == label and r["seed"] == seed]
+                if done and not args.force:
+                    continue
+                print(f"== {label}, seed {seed}", flush=True)
+                entry = run_arm(label, seed, runs)
+                data["runs"] = [r for r in data["runs"] if not (r["arm"] == label and r["seed"] == seed)] + [entry]
+                RESULTS.write_text(json.dumps(data, indent=1) + "\n")
+                write_report(data)
+    write_report(data)
+
+
+if __name__ == "__main__":
+    main()
