@@ -2,6 +2,7 @@
 
     python benchmarks/sinkhorn_time_to_accuracy.py runs/<run>/last.pt [--pairs 64] [--eps 0.05]
         [--threads 2] [--repeats 3] [--plot benchmarks/sinkhorn_time_to_accuracy.png]
+        [--stages layer1 ...] [--device cuda] [--project-channels 128] [--fused] [--no-pot]
 
 For every stage of the trained backbone, distinct image pairs of a P x K batch of its training set
 (as the OT loss sees them; see benchmarks/sinkhorn_accuracy.py), and tau = 1e-3, 1e-4 (the largest
@@ -32,6 +33,7 @@ from sinkhorn_accuracy import batch_pairs
 from otface.data.transforms import network_input
 from otface.eval.model import backbone_from_checkpoint
 from otface.ot import cosine_cost, cosine_sinkhorn
+from otface.ot.fused import fused_cosine_sinkhorn
 from otface.ot.schedule import OMEGA
 from otface.ot.sinkhorn import sinkhorn_potentials
 from otface.train.data import open_training_set, prepare_data
@@ -96,6 +98,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--plot", default="", help="write the error-against-time plot to this PNG")
     parser.add_argument("--stages", nargs="*", default=None, help="only these stages (default: all)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--project-channels", type=int, default=0, metavar="C",
+                        help="map the points to C channels by a fixed Gaussian matrix (cosines kept in "
+                             "expectation): the trained maps as a stand-in for wider ones")
+    parser.add_argument("--fused", action="store_true", help="also time fused_cosine_sinkhorn (for CUDA)")
+    parser.add_argument("--no-pot", action="store_true", help="skip POT")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     eps = args.eps
@@ -104,8 +112,8 @@ def main() -> None:
     images, a, b = batch_pairs(open_training_set(root, cfg.data), args.pairs)
     with torch.no_grad():
         _, maps = model.forward_features(network_input(images, cfg.model.input_size), list(model.stage_names))
-    pot = pot_solver(eps)
-    cpu = torch.device("cpu")
+    pot = None if args.no_pot else pot_solver(eps)
+    device = torch.device(args.device)
     print(f"{args.checkpoint}: {cfg.model.backbone} {cfg.model.params} at {cfg.model.input_size} px; "
           f"{args.pairs} pairs, eps {eps:g}, {torch.get_num_threads()} threads, torch {torch.__version__}"
           + ("" if pot else "; POT not installed (pip install pot): skipped"))
@@ -113,13 +121,17 @@ def main() -> None:
     for stage, fmap in maps.items():
         if args.stages and stage not in args.stages:
             continue
-        points = fmap.flatten(2).transpose(1, 2).float().contiguous()  # (N, h*w, C), Eq. 6
-        x, y = points[a].contiguous(), points[b].contiguous()
+        points = fmap.flatten(2).transpose(1, 2).float()  # (N, h*w, C), Eq. 6
+        if args.project_channels:
+            gen = torch.Generator().manual_seed(0)
+            points = points @ torch.randn(points.shape[2], args.project_channels, generator=gen)
+        x, y = points[a].contiguous().to(device), points[b].contiguous().to(device)
         xd = x.double().requires_grad_()
         ref = cosine_sinkhorn(xd, y.double(), eps, 20 * CAP, 1e-12, omega=OMEGA)
         (ref_grad,) = torch.autograd.grad(ref.sum(), xd)
         ref = ref.detach()
-        print(f"\n{stage} {tuple(fmap.shape[1:])}\n")
+        wider = f" -> {args.project_channels} channels" if args.project_channels else ""
+        print(f"\n{stage} {tuple(fmap.shape[1:])}{wider}, {len(a)} pairs on {device}\n")
         print("| tau | solver | iterations | ms fwd+bwd | value error | gradient error | time / ours |")
         print("|---:|---|---:|---:|---:|---:|---:|")
         x.requires_grad_(), y.requires_grad_()
@@ -129,6 +141,9 @@ def main() -> None:
 
             its = sinkhorn_potentials(cosine_cost(x, y).detach(), eps, CAP, tau, OMEGA).iterations
             rows = [("ours", its, ours)]
+            if args.fused:
+                rows.append(("ours, fused", its,
+                             lambda p, q, tau=tau: fused_cosine_sinkhorn(p, q, eps, CAP, tau, OMEGA)))
             k = fewest_iters(lambda k: lambda p, q: cosine_sinkhorn(p, q, eps, k), x, y, ref, ref_grad, tau)
             rows.append(("plain", k, (lambda p, q, k=k: cosine_sinkhorn(p, q, eps, k)) if k else None))
             if pot:  # the same plain iterates as ours at omega = 1 (in exact arithmetic), so as many
@@ -138,7 +153,7 @@ def main() -> None:
                 if fn is None:
                     print(f"| {tau:g} | {name} | > {CAP} | | | | |")
                     continue
-                wall, _, _ = timed(backward_of(fn, x, y), args.repeats, cpu)
+                wall, _, _ = timed(backward_of(fn, x, y), args.repeats, device)
                 base = base or wall
                 value_err, grad_err = errors(fn, x, y, ref, ref_grad)
                 print(f"| {tau:g} | {name} | {k} | {wall * 1e3:.1f} | {value_err:.1e} | {grad_err:.1e} | "
@@ -149,7 +164,7 @@ def main() -> None:
                       "plain (iterations)": [lambda p, q, k=k: cosine_sinkhorn(p, q, eps, k) for k in CURVE_ITERS]}
             if pot:
                 series["POT (iterations)"] = [pot(k) for k in CURVE_ITERS]
-            curves[stage] = {name: [(timed(backward_of(fn, x, y), 1, cpu)[0], errors(fn, x, y, ref, ref_grad)[0])
+            curves[stage] = {name: [(timed(backward_of(fn, x, y), 1, device)[0], errors(fn, x, y, ref, ref_grad)[0])
                                     for fn in fns] for name, fns in series.items()}
     if args.plot:
         plot(curves, args.plot, f"{cfg.model.backbone}, {args.pairs} pairs, eps {eps:g}, "
