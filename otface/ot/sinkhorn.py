@@ -41,25 +41,16 @@ plan) lives beside the cost, plus O(P (n + m)); the backward of the value needs 
 dvalue/dX^ = -P Y^ and dvalue/dY^ = -P^T X^ are formed in the forward pass and only those
 (P, n + m, d) gradients are kept, not the plan.
 
-Early stop (``tol``): every :data:`TOL_CHECK_EVERY` iterations the L1 error of the column
-marginal, sum_j |(P^T 1)_j - b_j| (rows are exact after each u update), is read off the change
-of v at no extra pass over C; the loop stops once its maximum over the batch is <= tol. Each
-check is one host synchronisation, hence not every iteration. (Choosing the inner loop costs
-one more per call.)
+Iteration schedule (``tol``, ``omega``): :mod:`otface.ot.schedule` runs the updates, optionally
+over-relaxed, and stops each problem once the estimated relative error of its value is <= tol;
+a problem that stops keeps the potentials of that check, whatever the rest of the batch does.
 
 CPU cache blocking: on CPU the batch is cut into groups of about CPU_GROUP_BYTES of cost, and
 each group runs all its iterations before the next, so that K is read from cache rather than
-streamed from memory twice per iteration: 4-7x faster for 14x14 and 28x28 maps on 2 cores. With
-``tol`` each group then stops on its own error (each problem still ends <= tol).
+streamed from memory twice per iteration: 4-7x faster for 14x14 and 28x28 maps on 2 cores.
 
-Making it nearly free on a GPU, later: (1) fused kernels (Triton, torch.compile or KeOps-style):
-for :func:`cosine_sinkhorn` the mat-vecs (or online log-sum-exps) can recompute C from X^ Y^^T
-on the fly, flash-attention style, so memory is O(P (n + m) d) and C is never stored; (2) fewer
-iterations: eps-scaling, or a warm start from the previous step's potentials of the same pair
-(a P x K sampler repeats identities); (3) lower precision where it is safe: TF32 for the cost
-matmul, a bf16 K with float32 accumulation in the kernel domain; (4) CUDA graphs for the
-fixed-length loop (no host sync without ``tol``). The envelope backward is then one elementwise
-scale, and the gradient to the features two batched matmuls, which cuBLAS runs at full speed.
+On a GPU the whole batch is solved at once; :mod:`otface.ot.fused` computes the same iterates
+without storing the (P, n, m) cost or plan.
 """
 
 from __future__ import annotations
