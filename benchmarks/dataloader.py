@@ -37,14 +37,14 @@ from otface.data.dataset import RecordDataset
 from otface.data.recordio import unpack_record
 from otface.data.samplers import PKBatchSampler
 from otface.data.transforms import network_input
-from otface.train.data import synth_cache_dir, synth_config
+from otface.train.data import synth_cache_dir
 
 
 def default_root() -> Path:
-    from otface.data.synth import generate_synthetic
+    from otface.synth import generate_synthetic
 
     section = SynthSection()
-    return Path(generate_synthetic(synth_cache_dir(section), synth_config(section), progress=True)["root"])
+    return Path(generate_synthetic(synth_cache_dir(section), section, progress=True)["root"])
 
 
 def decode_rate(dataset: RecordDataset, count: int = 2000) -> dict[str, float]:

@@ -321,12 +321,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from otface.config import SynthSection
-    from otface.data.synth import generate_synthetic, write_preview
-    from otface.train.data import synth_config
+    from otface.synth import generate_synthetic, write_preview
 
-    cfg = synth_config(SynthSection(seed=args.seed, num_identities=args.num_identities,
-                                    images_per_identity=args.images_per_identity, num_pairs=args.num_pairs,
-                                    workers=args.workers))
+    cfg = SynthSection(seed=args.seed, num_identities=args.num_identities, images_per_identity=args.images_per_identity,
+                       num_pairs=args.num_pairs, workers=args.workers)
     paths = generate_synthetic(Path(args.out), cfg, progress=True)
     for name, path in paths.items():
         print(f"{name}: {path}")

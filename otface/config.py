@@ -41,14 +41,29 @@ SEED_LIMIT = 1 << 63  # seeds go to numpy's SeedSequence (>= 0) and torch.manual
 
 @dataclass
 class SynthSection:
-    """The built-in synthetic face data set (used when ``data.root`` is empty)."""
+    """The built-in synthetic face data set (used when ``data.root`` is empty), as
+    ``otface.synth.generate_synthetic`` takes it: its seed and size determine the images;
+    ``workers`` (processes) only changes the speed, ``cache_dir`` only where the set is kept."""
 
     seed: int = _f(0, "seed of the synthetic identities, samples and pairs", ge=0, lt=SEED_LIMIT)
     num_identities: int = _f(200, "training identities", ge=2)
     images_per_identity: int = _f(50, "training images per identity", ge=2)
-    num_pairs: int = _f(1000, "pairs in each verification protocol (easy and hard), half genuine", ge=20)
+    num_pairs: int = _f(1000, "pairs in each verification protocol (easy and hard), half genuine; a multiple of 20 "
+                              "(10 balanced folds)", ge=20)
     workers: int = _f(2, "processes used to render the images", ge=1)
     cache_dir: str = _f("", "where generated sets are cached; empty: $OTFACE_CACHE or ~/.cache/otface")
+
+    def __post_init__(self) -> None:
+        """What the generator needs also of a section built directly (``otface synth``): read from
+        a config, each key's range is checked first."""
+        if self.num_identities < 1 or self.images_per_identity < 1:
+            raise ConfigError(f"num_identities and images_per_identity must be >= 1, got {self.num_identities} "
+                              f"and {self.images_per_identity}")
+        if self.num_pairs < 20 or self.num_pairs % 20:
+            raise ConfigError(f"num_pairs must be a positive multiple of 20 (10 balanced folds), "
+                              f"got {self.num_pairs}")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
 
 
 @dataclass

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from otface.config import Config, ConfigError, describe, load_config, parse_overrides, save_config
+from otface.config import Config, ConfigError, SynthSection, describe, load_config, parse_overrides, save_config
 
 
 def test_defaults_are_the_dataclass_defaults():
@@ -53,12 +53,21 @@ def test_int_accepted_for_float_and_round_trip(tmp_path):
         (["head.sample_rate=0"], "head.sample_rate: must be > 0"),
         (["head.sample_rate=1.5"], "head.sample_rate: must be <= 1"),
         (["train.compile=yes please"], "train.compile: expected true/false"),
+        (["data.synthetic.num_identities=1"], "data.synthetic.num_identities: must be >= 2"),
+        (["data.synthetic.num_pairs=30"], "num_pairs must be a positive multiple of 20 (10 balanced folds), got 30"),
     ],
 )
 def test_bad_keys_and_values_are_errors(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, override)
     assert message in str(err.value)
+
+
+def test_a_synthetic_section_built_directly_is_checked_too():
+    with pytest.raises(ConfigError, match="num_pairs must be a positive multiple of 20.*got 30"):
+        SynthSection(num_pairs=30)
+    with pytest.raises(ConfigError, match="images_per_identity must be >= 1, got 5 and 0"):
+        SynthSection(num_identities=5, images_per_identity=0)
 
 
 def test_unknown_key_in_file_is_an_error(tmp_path):

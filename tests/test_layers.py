@@ -1,4 +1,4 @@
-"""Dependencies point one way: core -> ot -> models / heads / losses -> data -> eval -> train -> cli.
+"""Dependencies point one way: core -> ot -> models / heads / losses -> data / synth -> eval -> train -> cli.
 
 Every ``import otface...`` of every module (at the top or inside a function) is read from the
 source; an import of a higher layer, or subpackages of one layer importing each other both ways,
@@ -10,7 +10,8 @@ from pathlib import Path
 import otface
 
 PACKAGE = Path(otface.__file__).parent
-LAYERS = {"ot": 1, "models": 2, "heads": 2, "losses": 2, "data": 3, "eval": 4, "train": 5, "cli": 6, "__main__": 6}
+LAYERS = {"ot": 1, "models": 2, "heads": 2, "losses": 2, "data": 3, "synth": 3, "eval": 4, "train": 5, "cli": 6,
+          "__main__": 6}
 CORE = 0  # otface/*.py modules not listed: errors, files, registry, progress, parallel, config, checkpoint
 
 

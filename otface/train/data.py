@@ -12,8 +12,8 @@ from otface.config import DataSection, SynthSection
 from otface.data.dataset import RecordDataset
 from otface.data.folder import ImageFolderDataset
 from otface.data.skipping import CatchBadSamples
-from otface.data.synth import SynthConfig, generate_synthetic
 from otface.errors import InputNotFoundError
+from otface.synth import generate_synthetic
 
 log = logging.getLogger("otface.train")
 
@@ -24,17 +24,6 @@ def synth_cache_dir(section: SynthSection) -> Path:
     s = section
     name = f"synth-s{s.seed}-i{s.num_identities}x{s.images_per_identity}-p{s.num_pairs}"
     return Path(base) / name
-
-
-def synth_config(section: SynthSection) -> SynthConfig:
-    """The generator's config for a ``data.synthetic`` section."""
-    return SynthConfig(
-        seed=section.seed,
-        num_identities=section.num_identities,
-        images_per_identity=section.images_per_identity,
-        num_pairs=section.num_pairs,
-        workers=section.workers,
-    )
 
 
 def prepare_data(data: DataSection, progress: bool = True) -> tuple[Path, dict[str, Path]]:
@@ -50,7 +39,7 @@ def prepare_data(data: DataSection, progress: bool = True) -> tuple[Path, dict[s
         val = {}
     else:
         out = synth_cache_dir(data.synthetic)
-        paths = generate_synthetic(out, synth_config(data.synthetic), progress=progress)
+        paths = generate_synthetic(out, data.synthetic, progress=progress)
         root = Path(paths["root"])
         val = {"synth_easy": Path(paths["easy"]), "synth_hard": Path(paths["hard"])}
     if data.val_sets:
