@@ -57,7 +57,7 @@ ARMS: dict[str, tuple[list[str], str | None, str]] = {
     "ot on layer3": (_ot(stage="layer3"), "arcface", "stage"),
     "ot on layer4": (_ot(stage="layer4"), "arcface", "stage"),
     "ot, 32 groups": (_ot(max_groups=32), "arcface", "group cap"),
-    "ot, all groups": (_ot(max_groups=0), "arcface", "group cap"),
+    "ot, all groups": (_ot(max_groups="null"), "arcface", "group cap"),
     "arcface, random batches": (["ot.weight=0", "data.sampler=random"], None, "sampler"),
     "arcface+ot, random batches": (["data.sampler=random"], "arcface, random batches", "sampler"),
     "am-softmax": (["ot.weight=0", "head.name=cosface", 'head.params={"scale": 32.0, "margin": 0.35}'], None,

@@ -14,6 +14,7 @@ import dataclasses
 import importlib.resources
 import math
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import yaml
 
 from otface.errors import ConfigError, one_line
 from otface.files import write_text_atomic
+from otface.options import GRAD_MODES, ON_ERROR, REDUCTIONS
 
 
 def _f(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,
@@ -78,7 +80,7 @@ class DataSection:
     flip: bool = _f(True, "random horizontal flip during training, drawn from (seed, epoch, batch, slot)")
     num_workers: int = _f(1, "DataLoader worker processes (0: load in the main process)", ge=0)
     on_error: str = _f("raise", "an unreadable training image: 'raise' (stop, naming file and record) or 'skip' "
-                                "(drop it, count it, report the count at the end)", choices=("raise", "skip"))
+                                "(drop it, count it, report the count at the end)", choices=ON_ERROR)
     max_skip_fraction: float = _f(0.01, "with on_error=skip, stop when more than this fraction of the records, "
                                         "or of the samples drawn so far, was unreadable", ge=0.0, le=1.0)
 
@@ -106,17 +108,18 @@ class OTSection:
     weight: float = _f(1.0, "w in L = L_head + w * L_OT (Eq. 10); 0 disables the OT loss", ge=0.0)
     stage: str = _f("layer2", "backbone stage whose feature maps are compared (Table V)")
     eps: float = _f(0.05, "entropic regulariser of Sinkhorn (Eq. 5)", gt=0.0)
-    iters: int = _f(30, "Sinkhorn iterations (Eq. 8); with tol > 0 the most per problem", ge=1)
-    tol: float = _f(0.0, "stop each OT problem once its value's estimated relative error is below this; "
-                    "0: run all iterations", ge=0.0)
+    iters: int = _f(30, "Sinkhorn iterations (Eq. 8); with tol the most per problem", ge=1)
+    tol: float | None = _f(None, "stop each OT problem once its value's estimated relative error is below this; "
+                           "null: run all iterations", gt=0.0)
     omega: float = _f(1.0, "over-relaxation of the Sinkhorn updates, in (0, 2); 1: plain Sinkhorn (Eq. 8)",
                       gt=0.0, lt=2.0)
     grad: str = _f("envelope", "'envelope' (plan held fixed) or 'unrolled' (through the iterations)",
-                   choices=("envelope", "unrolled"))
+                   choices=GRAD_MODES)
     margin: float = _f(0.0, "margin inside the hinge of Eq. 9")
     mining_margin: float = _f(0.0, "a group is hard when cos(a,p) + mining_margin < cos(a,n) (Eq. 1)")
-    max_groups: int = _f(128, "keep at most this many hardest groups per micro-batch; 0: all (Algorithm 1)", ge=0)
-    reduction: str = _f("sum", "'sum' over hard groups (Eq. 9) or 'mean'", choices=("sum", "mean"))
+    max_groups: int | None = _f(128, "keep at most this many hardest groups per micro-batch; null: all (Algorithm 1)",
+                                ge=1)
+    reduction: str = _f("sum", "'sum' over hard groups (Eq. 9) or 'mean'", choices=REDUCTIONS)
     chunk_size: int = _f(256, "OT problems solved at once (bounds memory)", ge=1)
 
 
@@ -215,6 +218,11 @@ def _coerce(value: Any, typ: Any, f: dataclasses.Field, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return _build(typ, value, key + ".")
+    optional = typing.get_origin(typ) is types.UnionType and type(None) in typing.get_args(typ)
+    if optional:  # X | None: null is "off"
+        if value is None:
+            return None
+        (typ,) = [t for t in typing.get_args(typ) if t is not type(None)]
     if typ is float:
         value = _as_float(value, key)
     elif typ is bool and not isinstance(value, bool):

@@ -4,8 +4,18 @@ import yaml
 from otface.config import Config, ConfigError, SynthSection, describe, load_config, parse_overrides, save_config
 
 
-def test_defaults_are_the_dataclass_defaults():
-    assert load_config().to_dict() == Config().to_dict()
+def test_the_defaults_pass_validation_and_survive_a_yaml_round_trip(tmp_path):
+    save_config(Config(), tmp_path / "defaults.yaml")  # validate() runs on load: pk batches, milestones...
+    assert load_config(tmp_path / "defaults.yaml").to_dict() == Config().to_dict()
+
+
+def test_null_switches_an_optional_setting_off(tmp_path):
+    cfg = load_config(None, ["ot.tol=null", "ot.max_groups=null"])
+    assert cfg.ot.tol is None and cfg.ot.max_groups is None
+    cfg = load_config(None, ["ot.tol=1e-3", "ot.max_groups=16"])
+    assert cfg.ot.tol == 1e-3 and cfg.ot.max_groups == 16
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml").ot.tol == 1e-3
 
 
 def test_file_then_overrides(tmp_path):
@@ -54,6 +64,10 @@ def test_int_accepted_for_float_and_round_trip(tmp_path):
         (["head.sample_rate=1.5"], "head.sample_rate: must be <= 1"),
         (["train.compile=yes please"], "train.compile: expected true/false"),
         (["data.synthetic.num_identities=1"], "data.synthetic.num_identities: must be >= 2"),
+        (["ot.tol=0"], "ot.tol: must be > 0"),
+        (["ot.tol=fine"], "ot.tol: expected float"),
+        (["ot.max_groups=0"], "ot.max_groups: must be >= 1"),
+        (["ot.omega=2"], "ot.omega: must be < 2"),
         (["data.synthetic.num_pairs=30"], "num_pairs must be a positive multiple of 20 (10 balanced folds), got 30"),
     ],
 )

@@ -21,8 +21,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from otface.errors import DataError
-
-ON_ERROR = ("raise", "skip")
+from otface.options import ON_ERROR
 
 
 def check_on_error(on_error: str) -> None:

@@ -26,9 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from otface.losses.mining import mine_hard_groups, unique_pairs
+from otface.options import REDUCTIONS
 from otface.ot.sinkhorn import check_solver_args, cosine_sinkhorn
-
-REDUCTIONS = ("sum", "mean")
 
 
 class OTLossOutput(NamedTuple):

@@ -61,10 +61,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from otface.options import GRAD_MODES
 from otface.ot.cost import cosine_cost, inverse_norm, unit_cosine_cost
 from otface.ot.schedule import Steps, iterate, log_balance, log_gap, log_relax
 
-GRAD_MODES = ("envelope", "unrolled")
 # Kernel-domain iterations when every problem has (max C - min C) / eps <= this; see the module doc.
 KERNEL_MAX_RANGE = 50.0
 CPU_GROUP_BYTES = 8 << 20  # on CPU, problems are iterated in groups of this much cost (cache-sized)

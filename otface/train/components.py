@@ -124,8 +124,8 @@ def build_terms(cfg: Config, backbone: nn.Module, aux_losses: nn.ModuleDict) -> 
         if o.stage not in backbone.stage_names:
             raise ConfigError(f"ot.stage {o.stage!r} is not a stage of {cfg.model.backbone}: "
                               f"choose one of {list(backbone.stage_names)}")
-        ot = OTLoss(eps=o.eps, iters=o.iters, tol=o.tol or None, grad=o.grad, omega=o.omega, margin=o.margin,
-                    mining_margin=o.mining_margin, max_groups=o.max_groups or None,
+        ot = OTLoss(eps=o.eps, iters=o.iters, tol=o.tol, grad=o.grad, omega=o.omega, margin=o.margin,
+                    mining_margin=o.mining_margin, max_groups=o.max_groups,
                     reduction=o.reduction, chunk_size=o.chunk_size)
         terms.append(LossTerm("ot", ot, o.weight, stage=o.stage))
     return terms + [LossTerm(name, aux_losses[name], float(spec["weight"])) for name, spec in cfg.losses.items()]
