@@ -19,14 +19,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import yaml
-from tqdm.auto import tqdm
 
 from otface.config import Config, config_from_dict, describe, load_config
 from otface.errors import ConfigError, InputNotFoundError, ModelFileError, OtfaceError, RunError, one_line
 from otface.files import write_text_atomic
+from otface.logs import log_to_file, setup_logging
+from otface.train.report import results_table
 
 RUNS = Path("runs")
 ARCH_HELP = ("the architecture of a bare backbone state dict (insightface's backbone.pth): insightface's names "
@@ -34,85 +35,6 @@ ARCH_HELP = ("the architecture of a bare backbone state dict (insightface's back
 # what the machine, not otface, says of a path the user gave: reported in one line, as user errors are
 ENVIRONMENT_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
                                 errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG})
-
-
-class _TqdmHandler(logging.Handler):
-    """Log lines printed through tqdm so that progress bars stay intact."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record), file=sys.stderr)
-
-
-LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-
-
-def setup_logging() -> None:
-    """otface's log lines (progress, warnings) on stderr, through tqdm."""
-    root = logging.getLogger("otface")
-    root.setLevel(logging.INFO)
-    root.handlers.clear()
-    console = _TqdmHandler()
-    console.setFormatter(LOG_FORMAT)
-    root.addHandler(console)
-
-
-@contextlib.contextmanager
-def log_to_file(path: Path) -> Iterator[None]:
-    """Also write otface's log lines to ``path`` (appended) during the block."""
-    try:
-        handler = logging.FileHandler(path)
-    except OSError as err:
-        raise RunError(f"cannot write {path}: {err.strerror or err}") from None
-    handler.setFormatter(LOG_FORMAT)
-    root = logging.getLogger("otface")
-    root.addHandler(handler)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-
-
-def results_table(results: dict[str, Any]) -> str:
-    """A markdown table of the verification results and training figures."""
-    lines = [
-        "| set | pairs | accuracy (%) | std (%) | TAR@FAR=1e-3 (%) | AUC |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    from otface.eval.verification_suite import summary_notes
-
-    for name, r in results["verification"].items():
-        tar = "n/a" if r["tar_at_far"] is None else f"{100 * r['tar_at_far']:.2f}"
-        lines.append(
-            f"| {name} | {r['pairs']} | {100 * r['accuracy']:.2f} | {100 * r['accuracy_std']:.2f} "
-            f"| {tar} | {r['auc']:.4f} |"
-        )
-    t = results["train"]
-    lines.extend(note for name, r in results["verification"].items() for note in summary_notes(name, r))
-    lines.append("")
-    lines.append(
-        f"trained {t['epochs']} epochs ({t['steps']} steps, {t['images']} images) in "
-        f"{t['train_seconds']:.0f} s: {t['images_per_second']:.1f} images/s, "
-        f"{t['hard_groups_per_step']:.1f} hard groups per step, {t['skipped_steps']} skipped steps"
-    )
-    if t.get("num_skipped_records"):
-        lines.append(f"left out {t['num_skipped_records']} unreadable records when opening the training set "
-                     "(data.on_error=skip); first ones:")
-        lines.extend(f"  record {key}: {reason}" for key, reason in t["skipped_records"][:10])
-    if t.get("skipped_samples"):
-        lines.append(f"skipped {t['skipped_samples']} unreadable training samples (data.on_error=skip); first ones:")
-        lines.extend(f"  sample {index}: {reason}" for index, reason in t["bad_samples"][:10])
-    if t.get("world_size", 1) > 1:
-        batch = results["config"]["optim"]["batch_size"]
-        lines.append(f"trained on {t['world_size']} processes (global batch {batch})")
-    if t.get("amp") == "fp16":
-        lines.append(f"fp16: final loss scale {t['loss_scale']:g}, {t['overflow_steps']} overflow steps skipped")
-    for resume in t.get("resumes", []):
-        changed = [f"{key} {old!r} -> {new!r}" for key, (old, new) in resume["changes"].items()]
-        before, now = resume.get("world_size", [1, 1])
-        changed += [f"{before} -> {now} processes"] * (before != now)
-        lines.append(f"resumed at step {resume['step']} with {', '.join(changed)}")
-    return "\n".join(lines)
 
 
 def _latest_run(checkpoint: str) -> Path:
