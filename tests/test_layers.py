@@ -56,3 +56,9 @@ def test_the_check_sees_the_imports():
     found = imports()
     assert ("otface.train.trainer", "otface.heads.partial_fc") in {(s, d) for s, d, _ in found}
     assert any(src == "otface.cli" and dst.startswith("otface.train") for src, dst, _ in found)  # in functions
+
+
+def test_no_source_file_is_over_500_lines():
+    long = {str(path.relative_to(PACKAGE)): n for path in PACKAGE.rglob("*.py")
+            if (n := len(path.read_text().splitlines())) > 500}
+    assert not long, f"split these modules: {long}"
