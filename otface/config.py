@@ -99,6 +99,9 @@ class ModelSection:
 class HeadSection:
     name: str = _f("arcface", "margin head name (see otface.heads.HEADS)")
     params: dict = _f({"scale": 32.0, "margin": 0.5}, "hyper-parameters of the head (empty: its paper defaults)")
+    wrapper: str | None = _f(None, "wrap the head's loss: 'focal' (F-Softmax) or 'hm' (HM-Softmax), see "
+                                   "otface.heads.HEAD_WRAPPERS; null: none ('focal_<head>' names are sugar for it)")
+    wrapper_params: dict = _f({}, "hyper-parameters of the wrapper, e.g. {gamma: 2.0} or {ratio: 0.9}")
     sample_rate: float = _f(1.0, "Partial FC: fraction r of the classes scored per step (every positive plus "
                                  "uniform negatives); 1: all", gt=0.0, le=1.0)
 

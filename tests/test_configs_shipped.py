@@ -24,7 +24,8 @@ def test_configs_exist():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_config_is_valid(path):
     cfg = load_config(path)
-    build_head(cfg.head.name, cfg.model.embedding_size, 10, **cfg.head.params)
+    build_head(cfg.head.name, cfg.model.embedding_size, 10, cfg.head.wrapper, cfg.head.wrapper_params,
+               **cfg.head.params)
     for name, spec in cfg.losses.items():
         build_aux_loss(name, cfg.model.embedding_size, 10, **spec.get("params", {}))
     stages = stage_names(cfg.model.backbone, cfg.model.embedding_size, json.dumps(cfg.model.params, sort_keys=True))

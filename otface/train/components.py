@@ -91,7 +91,8 @@ def build_class_head(cfg: Config, procs: Processes, classes: int, device: torch.
     if hi <= lo:
         raise ConfigError(f"{classes} classes cannot be split between {procs.world_size} processes")
     with torch.random.fork_rng(devices=[]):
-        head = build_head(cfg.head.name, cfg.model.embedding_size, hi - lo, **cfg.head.params)
+        head = build_head(cfg.head.name, cfg.model.embedding_size, hi - lo, cfg.head.wrapper, cfg.head.wrapper_params,
+                          **cfg.head.params)
     inner = head.head if isinstance(head, MiningHead) else head
     init_class_rows(inner.weight.data, lo, cfg.train.seed)
     if sharded:
