@@ -50,8 +50,9 @@ class SynthSection:
     seed: int = _f(0, "seed of the synthetic identities, samples and pairs", ge=0, lt=SEED_LIMIT)
     num_identities: int = _f(200, "training identities", ge=2)
     images_per_identity: int = _f(50, "training images per identity", ge=2)
-    num_pairs: int = _f(1000, "pairs in each verification protocol (easy and hard), half genuine; a multiple of 20 "
-                              "(10 balanced folds)", ge=20)
+    num_pairs: int = _f(6000, "pairs in each verification protocol (easy and hard), half genuine, as LFW: enough "
+                              "to measure a one-point difference and TAR at FAR 1e-3; a multiple of 20 (10 folds)",
+                        ge=20)
     workers: int = _f(2, "processes used to render the images", ge=1)
     cache_dir: str = _f("", "where generated sets are cached; empty: $OTFACE_CACHE or ~/.cache/otface")
 
