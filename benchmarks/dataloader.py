@@ -33,8 +33,8 @@ from PIL import Image
 
 from otface.config import SynthSection
 from otface.data import transforms
-from otface.data.dataset import RecordDataset
-from otface.data.recordio import unpack_record
+from otface.data.formats.record_dataset import RecordDataset
+from otface.data.formats.recordio import unpack_record
 from otface.data.samplers import PKBatchSampler
 from otface.data.transforms import network_input
 from otface.train.data import synth_cache_dir

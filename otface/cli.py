@@ -166,7 +166,7 @@ def _bin_paths(args: argparse.Namespace) -> list[Path]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from otface.data.ijb import canonical_name
+    from otface.data.testpacks.ijb import canonical_name
     from otface.eval.model import load_model
     from otface.eval.suite import EvalReport, evaluate_bins, evaluate_ijb_set, evaluate_megaface, markdown, write_report
     from otface.train.distributed import resolve_device
@@ -212,7 +212,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from otface.data.align import align_folder
+    from otface.data.tools.align import align_folder
     from otface.eval.embed import embed_files, image_list
     from otface.eval.model import load_model
     from otface.files import write_bytes_atomic, write_text_atomic
@@ -259,7 +259,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_data_align(args: argparse.Namespace) -> int:
-    from otface.data.align import align_folder
+    from otface.data.tools.align import align_folder
 
     written, skipped = align_folder(args.src, args.landmarks, args.dst, size=args.size, quality=args.quality,
                                     on_error="skip" if args.skip_bad else "raise")
@@ -269,7 +269,7 @@ def cmd_data_align(args: argparse.Namespace) -> int:
 
 
 def cmd_data_pack(args: argparse.Namespace) -> int:
-    from otface.data.pack import pack_folder
+    from otface.data.tools.pack import pack_folder
 
     report = pack_folder(args.src, args.dst, image_size=(args.size, args.size), quality=args.quality,
                          resize=args.resize, on_error="skip" if args.skip_bad else "raise", workers=args.workers)
@@ -282,7 +282,7 @@ def cmd_data_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_data_pairs(args: argparse.Namespace) -> int:
-    from otface.data.pairs import pairs_to_bin
+    from otface.data.tools.pairs import pairs_to_bin
     from otface.eval.verification import unbalanced_folds, unbalanced_message
 
     issame = pairs_to_bin(args.pairs, args.images, args.out, image_size=(args.size, args.size), ext=args.ext,
@@ -295,7 +295,7 @@ def cmd_data_pairs(args: argparse.Namespace) -> int:
 
 
 def cmd_data_unpack(args: argparse.Namespace) -> int:
-    from otface.data.unpack import unpack_bin, unpack_records
+    from otface.data.tools.unpack import unpack_bin, unpack_records
 
     if args.src.suffix == ".bin":
         print(f"wrote {unpack_bin(args.src, args.dst)} pairs as images and {args.dst / 'pairs.txt'}")

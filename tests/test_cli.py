@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from otface.cli import main
-from otface.data.binset import read_bin
-from otface.data.dataset import RecordDataset
+from otface.data.formats.binset import read_bin
+from otface.data.formats.record_dataset import RecordDataset
 
 TINY_MODEL = ["model.params={width: 0.125}", "model.input_size=32", "model.embedding_size=32", "ot.iters=10",
               "optim.batch_size=16", "optim.epochs=1", "train.progress=false", "train.threads=1",

@@ -70,7 +70,7 @@ def test_discface_with_a_sampled_head_is_one_line(tmp_path, cache, capsys):
 
 def _image_folder(tmp_path, cache):
     root, val = prepare_data(load_config(None, TINY + [cache]).data, progress=False)
-    from otface.data.unpack import unpack_records
+    from otface.data.tools.unpack import unpack_records
 
     unpack_records(root, tmp_path / "faces")
     return tmp_path / "faces", val["synth_easy"]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from otface.data.folder import IMAGE_EXTENSIONS
+from otface.data.formats.folder import IMAGE_EXTENSIONS
 from otface.data.text import numbered_lines
 from otface.data.transforms import network_input, read_image, to_chw
 from otface.errors import ConfigError, DataError, InputNotFoundError, ModelFileError

@@ -29,7 +29,7 @@ Exactness needs an exact search engine (the default). An approximate (IVF) index
 high-scoring distractors: the CMC can then only be overestimated, and a threshold can only come
 out lower (its true FAR above f).
 Differences from insightface's pipeline: its ``remove_noises.py`` replaces a mislabelled probe's
-feature by its identity's mean feature instead of dropping the image (``otface.data.megaface``
+feature by its identity's mean feature instead of dropping the image (``otface.data.testpacks.megaface``
 drops it), and the devkit can draw fixed random distractor subsets for galleries below 1M (here
 every given distractor is used).
 """

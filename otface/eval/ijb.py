@@ -3,7 +3,7 @@
 The numbers equal those of insightface's ``recognition/_evaluation_/ijb/ijb_11.py`` (and
 ``arcface_torch/eval_ijbc.py``) on the same network outputs, up to float rounding:
 
-1. image features: each aligned face (see :mod:`otface.data.ijb`) and its left-right flip are
+1. image features: each aligned face (see :mod:`otface.data.testpacks.ijb`) and its left-right flip are
    embedded; with ``flip_test`` the image feature is their sum, otherwise the unflipped feature;
    without ``norm_score`` it is L2-normalised (with it, its norm is kept as a quality weight);
    with ``detector_score`` it is multiplied by the image's faceness (detector) score.
@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from otface.data.ijb import IJBMeta, iter_ijb_chunks, load_ijb_meta
+from otface.data.testpacks.ijb import IJBMeta, iter_ijb_chunks, load_ijb_meta
 from otface.data.transforms import network_input
 from otface.errors import ConfigError, RunError
 from otface.eval.embed import extract_embeddings

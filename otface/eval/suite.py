@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from otface.data.megaface import load_images, read_megaface
+from otface.data.testpacks.megaface import load_images, read_megaface
 from otface.errors import ConfigError, DataError, RunError
 from otface.eval.embed import embed_images
 from otface.eval.identification import megaface_identification

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from otface.data.binset import load_verification_set
+from otface.data.formats.binset import load_verification_set
 from otface.errors import DataError
 from otface.eval.embed import embed_images
 from otface.eval.plots import plot_roc

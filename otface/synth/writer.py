@@ -24,8 +24,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from otface.config import SynthSection
-from otface.data.binset import write_bin
-from otface.data.recordio import write_face_dataset
+from otface.data.formats.binset import write_bin
+from otface.data.formats.recordio import write_face_dataset
 from otface.data.staging import staged_files
 from otface.progress import progress_bar
 from otface.synth.geometry import _Face

@@ -9,8 +9,8 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from otface.config import DataSection, SynthSection
-from otface.data.dataset import RecordDataset
-from otface.data.folder import ImageFolderDataset
+from otface.data.formats.folder import ImageFolderDataset
+from otface.data.formats.record_dataset import RecordDataset
 from otface.data.skipping import CatchBadSamples
 from otface.errors import InputNotFoundError
 from otface.synth import generate_synthetic

@@ -12,8 +12,8 @@ from PIL import Image
 from otface.checkpoint import save_checkpoint
 from otface.cli import main
 from otface.config import load_config
-from otface.data.binset import load_verification_set, write_bin
-from otface.data.megaface import load_images, read_megaface
+from otface.data.formats.binset import load_verification_set, write_bin
+from otface.data.testpacks.megaface import load_images, read_megaface
 from otface.data.transforms import normalize, resize
 from otface.errors import ConfigError, DataError, InputNotFoundError, ModelFileError, RunError
 from otface.eval.embed import extract_embeddings

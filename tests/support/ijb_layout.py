@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from otface.data.align import ARCFACE_TEMPLATE
+from otface.data.tools.align import ARCFACE_TEMPLATE
 
 SIZE = 160
 IMAGES = [("1.jpg", 1, 10), ("2.jpg", 1, 10), ("3.jpg", 2, 11), ("4.jpg", 2, 12), ("5.jpg", 3, 13), ("6.jpg", 4, 14)]

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from otface.config import SynthSection
-from otface.data.binset import read_bin
-from otface.data.dataset import RecordDataset
-from otface.data.recordio import read_property
+from otface.data.formats.binset import read_bin
+from otface.data.formats.record_dataset import RecordDataset
+from otface.data.formats.recordio import read_property
 from otface.synth import writer
 from otface.synth.writer import generate_synthetic, protocol_pair, train_identity, write_preview
 

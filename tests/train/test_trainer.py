@@ -10,9 +10,9 @@ import torch
 
 from otface.cli import main
 from otface.config import load_config
-from otface.data.dataset import RecordDataset
-from otface.data.folder import ImageFolderDataset
-from otface.data.recordio import RecordIOError, RecordReader, unpack_record
+from otface.data.formats.folder import ImageFolderDataset
+from otface.data.formats.record_dataset import RecordDataset
+from otface.data.formats.recordio import RecordIOError, RecordReader, unpack_record
 from otface.data.skipping import BadSample
 from otface.errors import RunError
 from otface.train.data import prepare_data

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from otface.data import pack
-from otface.data.dataset import RecordDataset
-from otface.data.folder import scan_image_folder
-from otface.data.pack import pack_folder, read_classes, write_classes
-from otface.data.recordio import RecordIOError, RecordReader, read_property, unpack_record
+from otface.data.formats.folder import scan_image_folder
+from otface.data.formats.record_dataset import RecordDataset
+from otface.data.formats.recordio import RecordIOError, RecordReader, read_property, unpack_record
+from otface.data.tools import pack
+from otface.data.tools.pack import pack_folder, read_classes, write_classes
 from otface.errors import ConfigError, DataError, InputNotFoundError, RunError
 
 H, W = 20, 16

@@ -14,8 +14,8 @@ set name (``ijbb`` or ``ijbc``):
   templates, 15,658,489 pairs; IJB-B: 227,630 images, 12,115 templates, 8,010,270 pairs).
 
 insightface pairs the two image lists by position; here their names must also agree. Each image
-is aligned to 112x112 by its landmarks with :func:`otface.data.align.align_face` (the similarity
-to the ArcFace template and bilinear warp with a black border that insightface does with
+is aligned to 112x112 by its landmarks with :func:`otface.data.tools.align.align_face` (the
+similarity to the ArcFace template and bilinear warp with a black border that insightface does with
 skimage's ``SimilarityTransform`` and ``cv2.warpAffine``), decoded as RGB as insightface's
 pipeline converts OpenCV's BGR to RGB. (insightface reads with ``cv2.imread``, which would also
 apply an EXIF orientation tag; :func:`decode_image` does not. The crops are not known to carry one.)
@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from otface.data.align import align_face
 from otface.data.skipping import check_on_error
 from otface.data.text import numbered_lines
+from otface.data.tools.align import align_face
 from otface.data.transforms import read_image, to_chw
 from otface.errors import ConfigError, DataError, InputNotFoundError, one_line
 from otface.progress import progress_bar

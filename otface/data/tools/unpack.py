@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from otface.data.binset import read_bin
-from otface.data.dataset import RecordDataset
-from otface.data.pack import CLASSES_FILE, read_classes
-from otface.data.recordio import unpack_record
+from otface.data.formats.binset import read_bin
+from otface.data.formats.record_dataset import RecordDataset
+from otface.data.formats.recordio import unpack_record
+from otface.data.tools.pack import CLASSES_FILE, read_classes
 from otface.errors import DataError
 from otface.progress import progress_bar
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from otface.data.ijb import ijb_paths, iter_ijb_chunks, load_ijb_images, load_ijb_meta
+from otface.data.testpacks.ijb import ijb_paths, iter_ijb_chunks, load_ijb_images, load_ijb_meta
 from otface.data.transforms import normalize
 from otface.errors import ConfigError, DataError, InputNotFoundError, RunError
 from otface.eval.ijb import embed_ijb, evaluate_ijb, ijb_verification

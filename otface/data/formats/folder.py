@@ -9,7 +9,7 @@ name. Names starting with ``"."`` (hidden files and folders), other files, files
 
 An identity folder without images keeps its label (it has no images): the labels therefore stay
 the folder positions whatever the folder holds, and a data set packed from the folder
-(:func:`otface.data.pack.pack_folder`), where unreadable images may be skipped, numbers its
+(:func:`otface.data.tools.pack.pack_folder`), where unreadable images may be skipped, numbers its
 identities the same way.
 """
 
@@ -67,9 +67,9 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, 
 class ImageFolderDataset(Dataset):
     """Face images and identity labels of an image folder (see the module docstring).
 
-    The interface of :class:`otface.data.dataset.RecordDataset`: items are ``(image, label)``, a
-    uint8 (3, H, W) RGB tensor and an int; ``labels`` is int64 (N,) and ``num_classes`` counts
-    every identity folder.
+    The interface of :class:`otface.data.formats.record_dataset.RecordDataset`: items are
+    ``(image, label)``, a uint8 (3, H, W) RGB tensor and an int; ``labels`` is int64 (N,) and
+    ``num_classes`` counts every identity folder.
 
     Every image must have one size, ``expected_size`` (height, width) or else that of the first
     image that reads, so that batches stack; an image of another size, or one that cannot be

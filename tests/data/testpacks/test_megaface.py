@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from otface.data.megaface import load_images, read_megaface
+from otface.data.testpacks.megaface import load_images, read_megaface
 from otface.errors import DataError, InputNotFoundError
 from support.megaface_pack import DISTRACTORS, PROBES, colour, write_pack
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from otface.data.folder import ImageFolderDataset, scan_image_folder
+from otface.data.formats.folder import ImageFolderDataset, scan_image_folder
 from otface.errors import DataError
 
 H, W = 20, 16

@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from otface.data.binset import load_verification_set, read_bin
-from otface.data.pairs import (
+from otface.data.formats.binset import load_verification_set, read_bin
+from otface.data.tools.pairs import (
     detect_pairs_format,
     lfw_image_path,
     pairs_to_bin,

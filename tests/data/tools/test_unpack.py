@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from otface.data.binset import read_bin, write_bin
-from otface.data.dataset import RecordDataset
-from otface.data.pack import pack_folder
-from otface.data.pairs import pairs_to_bin
-from otface.data.recordio import unpack_record, write_face_dataset
-from otface.data.unpack import unpack_bin, unpack_records
+from otface.data.formats.binset import read_bin, write_bin
+from otface.data.formats.record_dataset import RecordDataset
+from otface.data.formats.recordio import unpack_record, write_face_dataset
+from otface.data.tools.pack import pack_folder
+from otface.data.tools.pairs import pairs_to_bin
+from otface.data.tools.unpack import unpack_bin, unpack_records
 from otface.errors import DataError, InputNotFoundError
 
 

@@ -1,10 +1,11 @@
 """Pack an image folder (``root/<identity>/<image>``) into an insightface RecordIO folder.
 
 ``dst`` receives ``train.rec``, ``train.idx`` and ``property`` (the layout described in
-``recordio``, read by :class:`otface.data.dataset.RecordDataset`) and ``classes.txt``, one
-``label<TAB>identity folder name`` line per identity, so that a label can be traced back to its
-folder. Identities and labels are those of :func:`otface.data.folder.scan_image_folder`: an empty
-identity folder, or one whose images were all skipped, keeps its label with no images.
+``recordio``, read by :class:`otface.data.formats.record_dataset.RecordDataset`) and
+``classes.txt``, one ``label<TAB>identity folder name`` line per identity, so that a label can be
+traced back to its folder. Identities and labels are those of
+:func:`otface.data.formats.folder.scan_image_folder`: an empty identity folder, or one whose
+images were all skipped, keeps its label with no images.
 
 Stored images are JPEG: a JPEG file (RGB or grey) that already has the target size is stored
 byte for byte; any other image is decoded (``transforms.decode_image``: RGB, alpha dropped),
@@ -30,8 +31,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from otface.data.folder import scan_image_folder
-from otface.data.recordio import write_face_dataset
+from otface.data.formats.folder import scan_image_folder
+from otface.data.formats.recordio import write_face_dataset
 from otface.data.skipping import check_on_error, raise_or_skip
 from otface.data.staging import staged_files
 from otface.data.text import numbered_lines

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from otface.data.binset import _unpickle, load_verification_set, read_bin, write_bin
+from otface.data.formats.binset import _unpickle, load_verification_set, read_bin, write_bin
 from otface.errors import DataError, InputNotFoundError
 
 
@@ -139,7 +139,7 @@ def test_damaged_file_is_a_data_error_naming_it(tmp_path, data, message):
 
 # --- numpy values in the pickle: every legitimate form loads, nothing reaches numpy unchecked ----
 
-_REPO = Path(__file__).resolve().parents[2]
+_REPO = Path(__file__).resolve().parents[3]
 _RECONSTRUCT = np.zeros(1).__reduce__()[0]
 _SCALAR = np.bool_(True).__reduce__()[0]
 _FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
@@ -286,7 +286,7 @@ def test_crafted_dtype_state_is_a_data_error_not_a_crash(tmp_path):
     # in a child process as well, so that a regression fails this test instead of killing pytest
     script = textwrap.dedent("""
         import sys
-        from otface.data.binset import read_bin
+        from otface.data.formats.binset import read_bin
         from otface.errors import DataError
         for path in sys.argv[1:]:
             try:
@@ -304,7 +304,7 @@ def test_crafted_dtype_state_is_a_data_error_not_a_crash(tmp_path):
 _FUZZ = r"""
 import collections, io, json, pickle, random, struct, sys, time
 import numpy as np
-from otface.data.binset import read_bin
+from otface.data.formats.binset import read_bin
 from otface.errors import DataError
 
 rng = random.Random(20240611)

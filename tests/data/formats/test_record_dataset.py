@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from otface.data.dataset import RecordDataset
-from otface.data.recordio import RecordIOError, RecordWriter, pack_record, write_face_dataset
+from otface.data.formats.record_dataset import RecordDataset
+from otface.data.formats.recordio import RecordIOError, RecordWriter, pack_record, write_face_dataset
 
 
 def _image(seed: int, size: int = 12) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from otface.data.recordio import (
+from otface.data.formats.recordio import (
     MAGIC,
     RecordIOError,
     RecordReader,

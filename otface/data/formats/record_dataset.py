@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from otface.data.recordio import RecordHeader, RecordIOError, RecordReader, read_property, unpack_record
+from otface.data.formats.recordio import RecordHeader, RecordIOError, RecordReader, read_property, unpack_record
 from otface.data.transforms import decode_image, to_chw
 
 

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 from scipy.optimize import least_squares
 
-from otface.data.align import (
+from otface.data.tools.align import (
     ARCFACE_TEMPLATE,
     align_face,
     align_folder,

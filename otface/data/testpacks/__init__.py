@@ -1,0 +1,1 @@
+"""The benchmark test-pack readers: IJB-B/C (``ijb``) and MegaFace (``megaface``)."""

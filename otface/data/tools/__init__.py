@@ -1,0 +1,1 @@
+"""The data set tools behind ``otface data ...``: pack, unpack, pairs, align."""
