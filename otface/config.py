@@ -24,7 +24,7 @@ import yaml
 
 from otface.errors import ConfigError, one_line
 from otface.files import write_text_atomic
-from otface.options import GRAD_MODES, ON_ERROR, REDUCTIONS
+from otface.options import GRAD_MODES, ON_ERROR, OT_MAX_ITERS, OT_OMEGA, OT_TOL, REDUCTIONS
 
 
 def _f(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,
@@ -112,10 +112,10 @@ class OTSection:
     weight: float = _f(1.0, "w in L = L_head + w * L_OT (Eq. 10); 0 disables the OT loss", ge=0.0)
     stage: str = _f("layer2", "backbone stage whose feature maps are compared (Table V)")
     eps: float = _f(0.05, "entropic regulariser of Sinkhorn (Eq. 5)", gt=0.0)
-    iters: int = _f(30, "Sinkhorn iterations (Eq. 8); with tol the most per problem", ge=1)
-    tol: float | None = _f(None, "stop each OT problem once its value's estimated relative error is below this; "
-                           "null: run all iterations", gt=0.0)
-    omega: float = _f(1.0, "over-relaxation of the Sinkhorn updates, in (0, 2); 1: plain Sinkhorn (Eq. 8)",
+    iters: int = _f(OT_MAX_ITERS, "Sinkhorn iterations (Eq. 8); with tol the most per problem", ge=1)
+    tol: float | None = _f(OT_TOL, "stop each OT problem once its value's estimated relative error is below "
+                                   "this (otface.ot.schedule); null: run all ot.iters iterations", gt=0.0)
+    omega: float = _f(OT_OMEGA, "over-relaxation of the Sinkhorn updates, in (0, 2); 1: plain Sinkhorn (Eq. 8)",
                       gt=0.0, lt=2.0)
     grad: str = _f("envelope", "'envelope' (plan held fixed) or 'unrolled' (through the iterations)",
                    choices=GRAD_MODES)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from otface.losses.mining import mine_hard_groups, unique_pairs
-from otface.options import REDUCTIONS
+from otface.options import OT_MAX_ITERS, OT_OMEGA, OT_TOL, REDUCTIONS
 from otface.ot.sinkhorn import check_solver_args, cosine_sinkhorn
 
 
@@ -43,7 +43,8 @@ class OTLoss(nn.Module):
 
     Args:
         eps, iters, tol, grad, omega: Sinkhorn settings (:func:`otface.ot.sinkhorn`; tol and omega:
-            :mod:`otface.ot.schedule`).
+            :mod:`otface.ot.schedule`); by default each problem stops once its value is estimated
+            within 1e-3 (relative), over-relaxed by 1.6, after at most 500 iterations.
         margin: margin inside the hinge [.]_+ of Eq. 9 (0 in the paper).
         mining_margin: a group is hard when cos(a, p) + mining_margin < cos(a, n) (Eq. 1).
         max_groups: keep only this many hardest groups (None: all).
@@ -54,10 +55,10 @@ class OTLoss(nn.Module):
     def __init__(
         self,
         eps: float = 0.05,
-        iters: int = 50,
-        tol: float | None = None,
+        iters: int = OT_MAX_ITERS,
+        tol: float | None = OT_TOL,
         grad: str = "envelope",
-        omega: float = 1.0,
+        omega: float = OT_OMEGA,
         margin: float = 0.0,
         mining_margin: float = 0.0,
         max_groups: int | None = None,

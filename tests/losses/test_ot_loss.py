@@ -6,6 +6,7 @@ from otface.losses import OTLoss, OTLossOutput, mine_hard_groups
 from support.sinkhorn import reference_sinkhorn
 
 EPS, ITERS = 0.1, 40
+PLAIN = {"tol": None, "omega": 1.0}  # plain Sinkhorn for a fixed ITERS, as the reference
 
 
 def reference_ot(m1: np.ndarray, m2: np.ndarray, eps: float, iters: int) -> float:
@@ -41,7 +42,7 @@ def test_value_matches_brute_force(iters, canonical, rel):
     # after finitely many iterations Sinkhorn is not exactly symmetric in its two clouds; at
     # convergence it is, so solving each unordered pair once is exact there
     maps, emb, labels = inputs(seed=1)
-    out = OTLoss(eps=EPS, iters=iters, margin=0.05)(maps, emb, labels)
+    out = OTLoss(eps=EPS, iters=iters, margin=0.05, **PLAIN)(maps, emb, labels)
     assert isinstance(out, OTLossOutput)
     groups = mine_hard_groups(emb, labels).tolist()
     assert out.num_groups == len(groups) > 0
@@ -53,8 +54,8 @@ def test_value_matches_brute_force(iters, canonical, rel):
 
 def test_mean_is_sum_over_groups():
     maps, emb, labels = inputs(seed=2)
-    total = OTLoss(eps=EPS, iters=ITERS)(maps, emb, labels)
-    mean = OTLoss(eps=EPS, iters=ITERS, reduction="mean")(maps, emb, labels)
+    total = OTLoss(eps=EPS, iters=ITERS, **PLAIN)(maps, emb, labels)
+    mean = OTLoss(eps=EPS, iters=ITERS, **PLAIN, reduction="mean")(maps, emb, labels)
     assert mean.loss.item() == pytest.approx(total.loss.item() / total.num_groups, rel=1e-6)
 
 
@@ -63,7 +64,7 @@ def test_chunk_size_invariance(grad):
     maps, emb, labels = inputs(seed=3)
     results = []
     for chunk in (1, 7, 10_000):
-        out = OTLoss(eps=EPS, iters=ITERS, grad=grad, chunk_size=chunk)(maps, emb, labels)
+        out = OTLoss(eps=EPS, iters=ITERS, **PLAIN, grad=grad, chunk_size=chunk)(maps, emb, labels)
         (g,) = torch.autograd.grad(out.loss, maps)
         results.append((out.loss, g))
     for loss, g in results[1:]:
@@ -74,7 +75,7 @@ def test_chunk_size_invariance(grad):
 def test_gradient_reaches_only_the_maps_of_active_groups():
     maps, emb, labels = inputs(n=24, classes=6, seed=4)
     emb.requires_grad_()
-    out = OTLoss(eps=EPS, iters=ITERS, max_groups=6)(maps, emb, labels)
+    out = OTLoss(eps=EPS, iters=ITERS, **PLAIN, max_groups=6)(maps, emb, labels)
     out.loss.backward()
     assert emb.grad is None  # mining is detached
     groups = mine_hard_groups(emb, labels, max_groups=6).tolist()
@@ -87,7 +88,7 @@ def test_gradient_reaches_only_the_maps_of_active_groups():
 
 def test_inactive_hinge_gives_no_gradient():
     maps, emb, labels = inputs(seed=5)
-    out = OTLoss(eps=EPS, iters=ITERS, margin=-10.0)(maps, emb, labels)  # every hinge is at 0
+    out = OTLoss(eps=EPS, iters=ITERS, **PLAIN, margin=-10.0)(maps, emb, labels)  # every hinge is at 0
     assert out.num_groups > 0 and out.loss.item() == 0.0
     out.loss.backward()
     assert (maps.grad == 0).all()
@@ -105,10 +106,10 @@ def test_no_hard_groups():
 
 def test_bf16_maps_under_autocast():
     maps, emb, labels = inputs(seed=6)
-    want = OTLoss(eps=EPS, iters=ITERS)(maps.detach().bfloat16().float(), emb, labels).loss
+    want = OTLoss(eps=EPS, iters=ITERS, **PLAIN)(maps.detach().bfloat16().float(), emb, labels).loss
     maps16 = maps.detach().bfloat16().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = OTLoss(eps=EPS, iters=ITERS)(maps16, emb.bfloat16(), labels)
+        out = OTLoss(eps=EPS, iters=ITERS, **PLAIN)(maps16, emb.bfloat16(), labels)
     assert out.loss.dtype == torch.float32
     assert out.loss.item() == pytest.approx(want.item(), rel=1e-5)
     out.loss.backward()
@@ -137,3 +138,15 @@ def test_input_errors():
 def test_constructor_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         OTLoss(**kwargs)
+
+
+def test_the_default_schedule_holds_each_value_to_its_tolerance():
+    maps, emb, labels = inputs(seed=5)
+    loss = OTLoss(eps=EPS)  # the default contract: each value within 1e-3 (relative), over-relaxed
+    assert (loss.tol, loss.omega) == (1e-3, 1.6)
+    points = maps.detach().flatten(2).transpose(1, 2)
+    pairs = torch.tensor([[0, 1], [2, 7], [3, 12], [5, 9]])
+    got = loss.pair_values(points, pairs).double().numpy()
+    fm = maps.detach().double().numpy()
+    want = np.array([reference_ot(fm[i], fm[j], EPS, 5000) for i, j in pairs.tolist()])
+    assert np.abs(got / want - 1).max() <= 1e-3
