@@ -35,8 +35,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from otface.normalize import inverse_norm
 from otface.ot import cosine_cost, cosine_sinkhorn, sinkhorn
-from otface.ot.cost import inverse_norm
 
 
 def timed(step: Callable[[], Tensor], repeats: int, device: torch.device) -> tuple[float, float, Tensor]:

@@ -13,7 +13,7 @@ PACKAGE = Path(otface.__file__).parent
 LAYERS = {"ot": 1, "models": 2, "heads": 2, "losses": 2, "data": 3, "synth": 3, "eval": 4, "train": 5, "cli": 6,
           "__main__": 6}
 CORE = 0  # otface/*.py modules not listed: errors, files, registry, progress, logs, parallel, options, batches,
-#          config, checkpoint
+#          normalize, config, checkpoint
 
 
 def unit(module: str) -> str:

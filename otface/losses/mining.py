@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from otface.batches import checked_labels
-from otface.ot.cost import inverse_norm
+from otface.normalize import inverse_norm
 
 _CHUNK_ELEMENTS = 1 << 22  # (positive pair, sample) comparisons per chunk
 

@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from otface.ot.cost import inverse_norm
+from otface.normalize import inverse_norm
 from otface.ot.schedule import Steps, iterate, log_balance, log_gap, log_relax
 from otface.ot.sinkhorn import check_solver_args
 
@@ -224,7 +224,7 @@ def _potentials(xn: Tensor, yn: Tensor, inv_eps: float, iters: int, tol: float |
 
 
 def _through_norm(grad_n: Tensor, xn: Tensor, x_inv: Tensor) -> Tensor:
-    """d/dx from d/dx^ for x^ = x * x_inv (cost.inverse_norm): x_inv (I - x^ x^^T) grad_n; (P, n, d)."""
+    """d/dx from d/dx^ for x^ = x * x_inv (otface.normalize.inverse_norm): x_inv (I - x^ x^^T) grad_n; (P, n, d)."""
     return (grad_n - xn * (xn * grad_n).sum(-1, keepdim=True)) * x_inv
 
 

@@ -61,8 +61,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from otface.normalize import inverse_norm
 from otface.options import GRAD_MODES
-from otface.ot.cost import cosine_cost, inverse_norm, unit_cosine_cost
+from otface.ot.cost import cosine_cost, unit_cosine_cost
 from otface.ot.schedule import Steps, iterate, log_balance, log_gap, log_relax
 
 # Kernel-domain iterations when every problem has (max C - min C) / eps <= this; see the module doc.
@@ -343,7 +344,7 @@ def _cosine_envelope(
         plan, f, g, _ = _solve(cost, eps, iters, tol, omega, False)
         value = _regularised(plan, f, g, eps) if entropy else _frobenius(plan, cost)
         del cost
-        # dvalue/dC = P; dC/dxn = -yn, dC/dyn = -xn; then through xn = x * x_inv (cost.inverse_norm)
+        # dvalue/dC = P; dC/dxn = -yn, dC/dyn = -xn; then through xn = x * x_inv (otface.normalize.inverse_norm)
         g_x = g_y = None
         if need_x:
             g_xn = torch.bmm(plan, yn).neg_()

@@ -18,7 +18,7 @@ three-field line means ``"list"`` (a list whose second path looks like an intege
 ``format="list"``).
 
 The ``.bin`` keeps the order of the lines: pair i is images 2i and 2i+1. Images are stored as in
-``pack`` (:func:`otface.data.tools.pack.encode_face_image`): a JPEG of the right size byte for byte,
+``pack`` (:func:`otface.data.formats.images.encode_face_image`): a JPEG of the right size byte for byte,
 anything else re-encoded as JPEG.
 """
 
@@ -28,8 +28,8 @@ import os
 from pathlib import Path
 
 from otface.data.formats.binset import write_bin
+from otface.data.formats.images import check_encoding, encode_face_image
 from otface.data.text import numbered_lines
-from otface.data.tools.pack import check_encoding, encode_face_image
 from otface.errors import ConfigError, DataError, InputNotFoundError
 
 PAIR_FORMATS = ("auto", "lfw", "list")
