@@ -1,8 +1,12 @@
 """A tiny IJB release written by the tests: aligned faces drawn into loose crops by known similarities."""
 
+from dataclasses import dataclass
+
 import numpy as np
+import torch
 from PIL import Image
 
+from otface.data.testpacks.ijb import IJBMeta, iter_ijb_chunks, load_ijb_meta
 from otface.data.tools.align import ARCFACE_TEMPLATE
 
 SIZE = 160
@@ -50,3 +54,25 @@ def write_layout(root, name="ijbc"):
     (meta / f"{name}_name_5pts_score.txt").write_text("\n".join(lines) + "\n")
     (meta / f"{name}_template_pair_label.txt").write_text("".join(f"{a} {b} {label}\n" for a, b, label in PAIRS))
     return frames, faceness.astype(np.float32)
+
+
+@dataclass
+class LoadedImages:
+    """All aligned faces of a small IJB layout that loaded (N' of the N meta images)."""
+
+    meta: IJBMeta
+    indices: np.ndarray  # (N',) int64 rows of the meta lists
+    images: torch.Tensor  # (N', 3, 112, 112) uint8 RGB
+    failures: list[tuple[int, str]]  # (row, message) of the images left out
+
+    @property
+    def templates(self) -> np.ndarray:
+        return self.meta.templates[self.indices]
+
+
+def load_all_images(root, name: str, on_error: str = "raise") -> LoadedImages:
+    """Every aligned face of set ``name`` under ``root`` at once, from iter_ijb_chunks (small test sets only)."""
+    meta = load_ijb_meta(root, name)
+    chunks = list(iter_ijb_chunks(meta, on_error=on_error, progress=False))
+    return LoadedImages(meta, np.concatenate([c.indices for c in chunks]), torch.cat([c.images for c in chunks]),
+                        [failure for c in chunks for failure in c.failures])

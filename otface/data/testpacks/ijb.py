@@ -22,8 +22,7 @@ apply an EXIF orientation tag; :func:`decode_image` does not. The crops are not 
 
 Memory: IJB-C's aligned crops take 17.6 GB as uint8, so large sets are decoded lazily in chunks
 (:func:`iter_ijb_chunks`, optionally in DataLoader worker processes) and embedded chunk by chunk
-(``otface.eval.ijb.embed_ijb``); :func:`load_ijb_images` holds every crop at once and suits
-small sets and tests only.
+(``otface.eval.ijb.embed_ijb``).
 
 A missing or undecodable image is an error naming it and its meta line, unless
 ``on_error="skip"``: then it is left out and listed, and evaluation reports the pairs of any
@@ -310,40 +309,3 @@ def iter_ijb_chunks(
             if skipped:
                 bar.set_postfix(skipped=skipped)
             yield chunk
-
-
-@dataclass
-class IJBImages:
-    """All aligned faces of an IJB set that loaded (N' of the N meta images)."""
-
-    meta: IJBMeta
-    indices: np.ndarray  # (N',) int64 rows of the meta lists
-    images: torch.Tensor  # (N', 3, 112, 112) uint8 RGB
-    failures: list[tuple[int, str]]  # (row, message) of the images left out
-
-    @property
-    def faceness(self) -> np.ndarray:
-        return self.meta.faceness[self.indices]
-
-    @property
-    def templates(self) -> np.ndarray:
-        return self.meta.templates[self.indices]
-
-    @property
-    def medias(self) -> np.ndarray:
-        return self.meta.medias[self.indices]
-
-
-def load_ijb_images(
-    root: str | Path, name: str, on_error: str = "raise", num_workers: int = 0, progress: bool = True
-) -> IJBImages:
-    """Meta data and every aligned face of set ``name`` under ``root``, held in memory at once.
-
-    For small sets and tests: IJB-C needs 17.6 GB this way; use :func:`iter_ijb_chunks` (or
-    ``otface.eval.ijb.embed_ijb``) to stream it. ``on_error="skip"`` leaves unreadable images
-    out and lists them in ``failures``; otherwise the first one raises ``DataError``.
-    """
-    meta = load_ijb_meta(root, name)
-    chunks = list(iter_ijb_chunks(meta, num_workers=num_workers, on_error=on_error, progress=progress))
-    return IJBImages(meta, np.concatenate([c.indices for c in chunks]), torch.cat([c.images for c in chunks]),
-                     [failure for c in chunks for failure in c.failures])

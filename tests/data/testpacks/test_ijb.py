@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from otface.data.testpacks.ijb import ijb_paths, iter_ijb_chunks, load_ijb_images, load_ijb_meta
+from otface.data.testpacks.ijb import ijb_paths, iter_ijb_chunks, load_ijb_meta
 from otface.data.transforms import normalize
 from otface.errors import ConfigError, DataError, InputNotFoundError, RunError
 from otface.eval.ijb import embed_ijb, evaluate_ijb, ijb_verification
-from support.ijb_layout import IMAGES, PAIRS, SIZE, face, invert, write_layout
+from support.ijb_layout import IMAGES, PAIRS, SIZE, face, invert, load_all_images, write_layout
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_meta_is_read_as_written(layout):
 
 def test_aligned_faces_reproduce_the_drawn_face(layout):
     root, frames, _ = layout
-    loaded = load_ijb_images(root, "IJBC", progress=False)
+    loaded = load_all_images(root, "IJBC")
     assert loaded.images.shape == (6, 3, 112, 112) and loaded.images.dtype == torch.uint8
     assert loaded.failures == [] and loaded.indices.tolist() == list(range(6))
     np.testing.assert_array_equal(loaded.templates, [t for _, t, _ in IMAGES])
@@ -63,7 +63,7 @@ def test_aligned_faces_reproduce_the_drawn_face(layout):
 def test_alignment_matches_opencv_warp_of_the_insightface_matrix(layout):
     cv2 = pytest.importorskip("cv2")
     root, frames, _ = layout
-    loaded = load_ijb_images(root, "IJBC", progress=False)
+    loaded = load_all_images(root, "IJBC")
     for (image, _, _), m, got in zip(IMAGES, frames, loaded.images):
         bgr = cv2.imread(str(root / "loose_crop" / image))
         want = cv2.cvtColor(cv2.warpAffine(bgr, invert(m), (112, 112), borderValue=0.0), cv2.COLOR_BGR2RGB)
@@ -75,7 +75,7 @@ def test_missing_image_is_an_error_naming_it_and_its_line(layout):
     root = layout[0]
     (root / "loose_crop" / "3.jpg").unlink()
     with pytest.raises(DataError, match=r"3\.jpg \(listed at .*ijbc_name_5pts_score\.txt:3\): cannot read"):
-        load_ijb_images(root, "IJBC", progress=False)
+        load_all_images(root, "IJBC")
 
 
 @pytest.mark.parametrize("content", [b"", b"not an image at all", "truncated"])
@@ -84,7 +84,7 @@ def test_corrupt_image_is_an_error(layout, content):
     path = root / "loose_crop" / "4.jpg"
     path.write_bytes(path.read_bytes()[:300] if content == "truncated" else content)
     with pytest.raises(DataError, match=r"4\.jpg \(listed at .*_5pts_score\.txt:4\): cannot decode image"):
-        load_ijb_images(root, "IJBC", progress=False)
+        load_all_images(root, "IJBC")
 
 
 def break_two_images(root):
@@ -95,9 +95,9 @@ def break_two_images(root):
 
 def test_skip_mode_lists_failures_and_streams_in_order(layout):
     root = layout[0]
-    complete = load_ijb_images(root, "IJBC", progress=False)
+    complete = load_all_images(root, "IJBC")
     break_two_images(root)
-    loaded = load_ijb_images(root, "IJBC", on_error="skip", progress=False)
+    loaded = load_all_images(root, "IJBC", on_error="skip")
     assert loaded.indices.tolist() == [0, 2, 3, 5]
     assert [row for row, _ in loaded.failures] == [1, 4]
     assert "2.jpg" in loaded.failures[0][1] and "cannot decode" in loaded.failures[0][1]
@@ -143,7 +143,7 @@ def test_embed_and_verification_use_the_raw_outputs_of_the_faces_and_their_flips
     model = tiny_model()
     meta = load_ijb_meta(root, "IJBC")
     embedded = embed_ijb(model, meta, batch_size=3, chunk_size=4, progress=False)
-    x = normalize(load_ijb_images(root, "IJBC", progress=False).images)
+    x = normalize(load_all_images(root, "IJBC").images)
     with torch.no_grad():
         plain, flipped = model(x).numpy(), model(torch.flip(x, dims=[3])).numpy()
     assert embedded.indices.tolist() == list(range(6)) and embedded.failures == []
