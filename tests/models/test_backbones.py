@@ -11,6 +11,8 @@ import torch
 
 from otface.models import BACKBONES, Backbone, build_backbone
 
+# blocks per stage, as published (arcface_torch's get_model); independent of this table, the name
+# says the depth: 2 weighted layers per block, the stem conv and the fc (test_depth_is_the_name)
 IRESNET_DEPTHS = {
     "iresnet18": (2, 2, 2, 2),
     "iresnet34": (3, 4, 6, 3),
@@ -146,6 +148,17 @@ def _state_shapes(model: Backbone) -> dict[str, tuple[int, ...]]:
 
 
 # --- registry -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["iresnet18", "iresnet34", "iresnet50", "iresnet100"])
+def test_depth_is_the_name(name: str) -> None:
+    """The 3x3 convs and the fc counted in the built model give the depth its name states (the
+    strided 1x1 shortcut convs are not counted, as in ResNet); insightface's iresnet200 has 198."""
+    with torch.device("meta"):
+        model = build_backbone(name)
+    convs = sum(1 for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    linears = sum(1 for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert convs + linears == int(name.removeprefix("iresnet"))
 
 
 def test_registry_names_and_aliases() -> None:
