@@ -109,7 +109,7 @@ def run_arm(label: str, seed: int, runs: Path) -> dict[str, Any]:
 
 
 def gradient_ratio(checkpoint: Path, batches: int = 8) -> dict[str, float]:
-    """|dL_OT/dF| / |dL_head/dF| at the OT stage's feature maps F of a trained default run, over
+    """‖dL_OT/dF‖ / ‖dL_head/dF‖ at the OT stage's feature maps F of a trained default run, over
     ``batches`` training batches (weight 1): how strongly the OT term pulls against the head."""
     from otface.checkpoint import load_checkpoint
     from otface.config import config_from_dict
@@ -213,7 +213,8 @@ def write_report(data: dict[str, Any]) -> None:
             for name in SETS:
                 for m in METRICS:
                     key = f"{name}/{m}"
-                    cell = f"{s['figures'][key][0]:.2f} ± {s['figures'][key][1]:.2f}" if key in s["figures"] else "–"
+                    mean, sd = s["figures"].get(key, (None, None))
+                    cell = "–" if mean is None else f"{mean:.2f}" + (f" ± {sd:.2f}" if len(s["seeds"]) > 1 else "")
                     if key in s["paired"]:
                         d, lo, hi, _ = s["paired"][key]
                         cell += f"<br>Δ {d:+.2f} [{lo:+.2f}, {hi:+.2f}]"
@@ -225,7 +226,7 @@ def write_report(data: dict[str, Any]) -> None:
     if data.get("gradient_ratio"):
         g = data["gradient_ratio"]
         lines += ["## The OT term's pull", "",
-                  f"|dL_OT/dF| / |dL_head/dF| at {g['stage']}'s feature maps F of the trained default run, weight 1, "
+                  f"‖dL_OT/dF‖ / ‖dL_head/dF‖ at {g['stage']}'s feature maps F of the trained default run, weight 1, "
                   f"over {g['batches']} training batches: mean {g['mean']:.3g} (min {g['min']:.3g}, max "
                   f"{g['max']:.3g}).", ""]
     if data.get("findings"):
