@@ -55,7 +55,7 @@ from torch.autograd.function import once_differentiable
 
 from otface.normalize import inverse_norm
 from otface.ot.schedule import Steps, iterate, log_balance, log_gap, log_relax
-from otface.ot.sinkhorn import check_solver_args
+from otface.ot.sinkhorn import check_clouds, check_solver_args
 
 try:  # torch >= 2.9: flex_attention with return_aux
     from torch.nn.attention.flex_attention import AuxRequest, flex_attention
@@ -287,12 +287,7 @@ def fused_cosine_sinkhorn(
         (P,) transport costs <P, C> (no entropy term), float32 (float64 for float64 input), with
         the envelope gradient to x and y (P held fixed).
     """
-    if x.ndim != 3 or y.ndim != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
-        raise ValueError(f"fused_cosine_sinkhorn expects x (P, n, d) and y (P, m, d), got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
-    if x.shape[1] == 0 or y.shape[1] == 0:
-        raise ValueError(f"fused_cosine_sinkhorn needs n, m >= 1 points per cloud, got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
+    check_clouds(x, y, "fused_cosine_sinkhorn")
     check_solver_args(eps, iters, tol, omega=omega)
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise ValueError(f"block must be an integer >= 1, got {block!r}")

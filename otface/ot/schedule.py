@@ -114,19 +114,16 @@ def iterate(steps: Steps, data: tuple[Tensor, ...], f: Tensor, g: Tensor, spread
     weight = f.new_full((f.shape[0], 1), omega)
     if omega == 1.0:  # plain Sinkhorn: the update itself, bit for bit (g follows f: no gauge drift)
         steps = steps._replace(relax=_plain, balance=_as_is)
-    if tol is None or f.shape[0] == 0:
-        for t in range(iters):
-            g_hat = steps.col(data, f)
-            g = steps.relax(g, g_hat, weight) if t else g_hat
-            f, g = steps.balance(steps.relax(f, steps.row(data, g), weight), g)
+    if f.shape[0] == 0:
         return f, g, iters
     return _iterate_to_tol(steps, data, f, g, spread, iters, tol, weight)
 
 
-def _iterate_to_tol(steps: Steps, data: tuple[Tensor, ...], f: Tensor, g: Tensor, spread: Tensor, iters: int,
-                    tol: float, weight: Tensor) -> tuple[Tensor, Tensor, int]:
-    """:func:`iterate` with checks every CHECK_EVERY iterations; a problem's potentials are those
-    of the first check that finds it within tol, whatever the rest of the batch does."""
+def _iterate_to_tol(steps: Steps, data: tuple[Tensor, ...], f: Tensor, g: Tensor, spread: Tensor | None,
+                    iters: int, tol: float | None, weight: Tensor) -> tuple[Tensor, Tensor, int]:
+    """:func:`iterate`'s loop: with ``tol``, checks every CHECK_EVERY iterations, and a problem's
+    potentials are those of the first check that finds it within tol, whatever the rest of the
+    batch does; without, all ``iters`` iterations and no check."""
     f_out, g_out = f, g
     index = torch.arange(f.shape[0], device=f.device)  # the working set's rows in the output
     running = torch.ones_like(index, dtype=torch.bool)  # per working-set row: not yet within tol
@@ -134,7 +131,7 @@ def _iterate_to_tol(steps: Steps, data: tuple[Tensor, ...], f: Tensor, g: Tensor
     last = None
     done = iters
     for t in range(iters):
-        check = t % CHECK_EVERY == CHECK_EVERY - 1
+        check = tol is not None and t % CHECK_EVERY == CHECK_EVERY - 1
         g_hat = steps.col(data, f)
         if check:
             gap_col = steps.gap(g, g_hat)

@@ -93,6 +93,14 @@ def check_solver_args(eps: float, iters: int, tol: float | None, grad: str = "en
         raise ValueError(f"tol must be None or a positive finite number, got {tol!r}")
 
 
+def check_clouds(x: Tensor, y: Tensor, caller: str) -> None:
+    """ValueError unless x (P, n, d) and y (P, m, d) are batches of point clouds with n, m >= 1."""
+    if x.ndim != 3 or y.ndim != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
+        raise ValueError(f"{caller} expects x (P, n, d) and y (P, m, d), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.shape[1] == 0 or y.shape[1] == 0:
+        raise ValueError(f"{caller} needs n, m >= 1 points per cloud, got {tuple(x.shape)} and {tuple(y.shape)}")
+
+
 def _compute_dtype(cost: Tensor) -> torch.dtype:
     """Validate a cost batch; the float type the solver computes in (float32, or float64)."""
     if not isinstance(cost, Tensor) or cost.ndim != 3:
@@ -390,11 +398,7 @@ def cosine_sinkhorn(
     Same values and gradients; under the envelope mode only the point gradients (P, n + m, d)
     are kept for the backward pass instead of the plan (P, n, m) and the points.
     """
-    if x.ndim != 3 or y.ndim != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
-        raise ValueError(f"cosine_sinkhorn expects x (P, n, d) and y (P, m, d), got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
-    if x.shape[1] == 0 or y.shape[1] == 0:
-        raise ValueError(f"cosine_sinkhorn needs n, m >= 1 points per cloud, got {tuple(x.shape)} and {tuple(y.shape)}")
+    check_clouds(x, y, "cosine_sinkhorn")
     check_solver_args(eps, iters, tol, grad, omega)
     if grad == "unrolled":
         return sinkhorn(cosine_cost(x, y), eps, iters, tol, grad, entropy, omega)
