@@ -54,7 +54,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from otface.normalize import inverse_norm
-from otface.ot.schedule import Steps, iterate, log_balance, log_gap, log_relax
+from otface.ot.schedule import Steps, iterate, log_balance, log_gap, log_relax, log_shift
 from otface.ot.sinkhorn import check_clouds, check_solver_args
 
 try:  # torch >= 2.9: flex_attention with return_aux
@@ -216,9 +216,12 @@ def _potentials(xn: Tensor, yn: Tensor, inv_eps: float, iters: int, tol: float |
     def value(data: tuple[Tensor, ...], f: Tensor, g: Tensor) -> Tensor:
         return ops.value(data[0], data[1], f, g, inv_eps)
 
+    def plan(data: tuple[Tensor, ...], f: Tensor, g: Tensor) -> Tensor:  # for the schedule's Newton steps only
+        return _plan_tile(data[0], data[1], f, g, inv_eps)[0]
+
     spread = None if tol is None else _block_spread(xn, yn, block)
     f, g = xn.new_zeros(xn.shape[:2]), yn.new_zeros(yn.shape[:2])
-    steps = Steps(col, row, log_relax, log_gap, value, log_balance)
+    steps = Steps(col, row, log_relax, log_gap, value, log_balance, plan, log_shift)
     f, g, _ = iterate(steps, (xn, yn), f, g, spread, iters, tol, omega)
     return f, g
 

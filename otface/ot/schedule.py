@@ -10,8 +10,12 @@ f^ is Eq. 8's update. omega = 1 is plain Sinkhorn; any omega in (0, 2) has the s
 (the entropic plan of Eq. 7), and near it the error contracts like successive over-relaxation's
 (Young's theory for a two-block Gauss-Seidel sweep). On the default model's layer3 and layer4
 maps, omega = 1.6 from the first step reaches a relative value error of 1e-3 in 20-35 iterations
-where omega = 1 needs 90-120 (omega = 1.8 diverged on layer3; benchmarks/RESULTS.md). A problem
-whose marginal error more than doubles between two checks falls back to omega = 1. Relaxed
+where omega = 1 needs 90-120 (omega = 1.8 diverged on layer3; benchmarks/RESULTS.md). With
+``tol`` the first CHECK_EVERY iterations are plain and relaxation starts at the first check:
+relaxing a problem that plain Sinkhorn settles fast slows it down (layer2 of the default model:
+5 plain iterations reach 5e-6, relaxed ones took 15 to reach 1e-3), and the late start costs the
+slow ones 0-10 iterations (layer3 35-45 for 35-40, layer4 55 for 45-55 with Newton steps). A
+problem whose marginal error more than doubles between two checks falls back to omega = 1. Relaxed
 updates leave the gauge (f + c, g - c: the same plan) undamped, so the transient can push the
 scalings past float32's range (2 of 22 CPU groups of layer1 maps fell back to the slow log
 domain, and rebalancing only every 5 iterations did not prevent it); after every iteration the
@@ -36,6 +40,17 @@ the cost, so it is computed only until a check knows it to SCALE_KNOWN = 10 %: f
 |value| (1 - that check's estimate), a lower bound as the value moves by less than its error,
 stands in for |value| (at most 10 % more iterations' worth of caution, 1-2 passes per problem).
 
+Newton steps: Sinkhorn's error contracts by a rate that can come arbitrarily close to 1 (few
+points, a plan near a permutation: one layer4 pair of the default model needed 660 iterations
+where the others needed 30). From NEWTON_AFTER iterations on, at a check, a running problem
+whose marginal error, at the rate of its last check interval, would need more than
+NEWTON_WORTH * m further iterations takes one Newton step on the dual (:func:`newton_step`, an
+m x m solve, the cost of about m iterations); Newton converges quadratically from where Sinkhorn
+has brought it (Sinkhorn-Newton, Brauer et al. 2017: 1e-2 -> 1e-3 -> 1e-5 -> 4e-10 in the tests).
+A step that does not lower the marginal error is not taken, and that problem takes no more. The
+solver materialises the plans of those problems only (``Steps.plan``). Under autograd (the
+unrolled gradient) no Newton steps are taken.
+
 Measured, not adopted: eps-scaling (three iterations per eps from 0.5-2 down, by factors 0.5-0.7,
 to the target) saved under 10 % of the iterations at eps = 0.05 (80-85 for 90 on layer3, 105-115
 for 120 on layer4), where the cost spread over eps is at most 40; a warm start needs the same pair
@@ -56,6 +71,8 @@ CHECK_EVERY = 5  # iterations between two accuracy checks when tol is set
 SCALE_KNOWN = 0.1  # once a check puts |value| within this (relative), |value| (1 - that) bounds it from then on
 DIVERGENCE_GROWTH = 2.0  # a problem whose marginal error grows this much between checks drops to omega = 1
 OMEGA = OT_OMEGA  # the over-relaxation measured best on trained-model maps (benchmarks/RESULTS.md)
+NEWTON_AFTER = 20  # iterations of Sinkhorn before a problem may take Newton steps (they diverge from a cold start)
+NEWTON_WORTH = 1.0  # a Newton step costs about m Sinkhorn iterations (its m x m system); taken when more remain
 
 
 class Steps(NamedTuple):
@@ -66,7 +83,9 @@ class Steps(NamedTuple):
     relax(old, new, omega) -> the potential omega of the way from old to new (and beyond);
     gap(old, new) -> (P,) L1 marginal error of the plan at ``old``, new being the plain update;
     value(data, f, g) -> (P,) the transport cost <P, C> of the plan of (f, g);
-    balance(f, g) -> (f, g) with the same plan and balanced magnitudes (the gauge f + c, g - c).
+    balance(f, g) -> (f, g) with the same plan and balanced magnitudes (the gauge f + c, g - c);
+    plan(data, f, g) -> (P, n, m) the plan of (f, g), materialised (for Newton steps; None: none);
+    shift(f, step) -> the potentials of log-scaling f + step.
     Potentials are in the solver's own form (log scalings divided by eps, or scalings).
     """
 
@@ -76,6 +95,8 @@ class Steps(NamedTuple):
     gap: Callable[[Tensor, Tensor], Tensor]
     value: Callable[[tuple[Tensor, ...], Tensor, Tensor], Tensor]
     balance: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+    plan: Callable[[tuple[Tensor, ...], Tensor, Tensor], Tensor] | None = None
+    shift: Callable[[Tensor, Tensor], Tensor] | None = None
 
 
 def log_relax(old: Tensor, new: Tensor, omega: Tensor) -> Tensor:
@@ -94,6 +115,35 @@ def log_gap(old: Tensor, new: Tensor) -> Tensor:
     return torch.expm1(old - new).abs().mean(1)
 
 
+def log_shift(f: Tensor, step: Tensor) -> Tensor:
+    """f + step for log potentials."""
+    return f + step
+
+
+def newton_step(plan: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One Newton step on the entropic dual (Eq. 5) at the plan (P, n, m), uniform marginals a = 1/n,
+    b = 1/m: (df (P, n), dg (P, m), solved (P,) bool), steps of the log scalings (f / eps, g / eps).
+
+    With r = P 1, c = P^T 1 the step solves [[diag r, P], [P^T, diag c]] (df, dg) = (a - r, b - c);
+    eliminating df leaves (diag c - P^T diag(1/r) P) dg = b - c - P^T ((a - r) / r), singular only
+    along dg = 1 (the gauge), which adding 1 1^T / m fixes; then df = (a - r - P dg) / r.
+    """
+    n, m = plan.shape[1], plan.shape[2]
+    rows, cols = plan.sum(2), plan.sum(1)
+    scaled = plan / rows.unsqueeze(2)  # diag(1/r) P
+    schur = torch.diag_embed(cols) - torch.bmm(plan.transpose(1, 2), scaled) + 1.0 / m
+    rhs = (1.0 / m - cols) - torch.bmm(scaled.transpose(1, 2), (1.0 / n - rows).unsqueeze(2)).squeeze(2)
+    dg, info = torch.linalg.solve_ex(schur, rhs)
+    df = ((1.0 / n - rows) - torch.bmm(plan, dg.unsqueeze(2)).squeeze(2)) / rows
+    return df, dg, info == 0
+
+
+def marginal_error(plan: Tensor) -> Tensor:
+    """sum_i |r_i - 1/n| + sum_j |c_j - 1/m| of plans (P, n, m): (P,)."""
+    n, m = plan.shape[1], plan.shape[2]
+    return (plan.sum(2) - 1.0 / n).abs().sum(1) + (plan.sum(1) - 1.0 / m).abs().sum(1)
+
+
 def _plain(old: Tensor, new: Tensor, omega: Tensor) -> Tensor:
     """The plain update (omega = 1)."""
     return new
@@ -109,7 +159,8 @@ def iterate(steps: Steps, data: tuple[Tensor, ...], f: Tensor, g: Tensor, spread
     """Run the relaxed half steps from (f, g): (f (P, n), g (P, m), iterations of the longest problem).
 
     spread: (P,) max C - min C per problem, needed with ``tol`` (module docstring). The first g
-    update is plain (g starts at an arbitrary 0); omega applies from there on.
+    update is plain (g starts at an arbitrary 0); omega applies from there on, or with ``tol`` from
+    the first check on.
     """
     weight = f.new_full((f.shape[0], 1), omega)
     if omega == 1.0:  # plain Sinkhorn: the update itself, bit for bit (g follows f: no gauge drift)
@@ -128,8 +179,13 @@ def _iterate_to_tol(steps: Steps, data: tuple[Tensor, ...], f: Tensor, g: Tensor
     index = torch.arange(f.shape[0], device=f.device)  # the working set's rows in the output
     running = torch.ones_like(index, dtype=torch.bool)  # per working-set row: not yet within tol
     scale = f.new_full(index.shape, float("nan"))  # a lower bound of |value|, kept from the check that computed it
-    last = None
+    recording = torch.is_grad_enabled() and any(d.requires_grad for d in data)  # the unrolled gradient: Sinkhorn only
+    newton_ok = torch.full_like(running, steps.plan is not None and not recording)  # per row: no Newton step failed
+    last = growth = f.new_full(index.shape, float("nan"))  # marginal error at the last check, its ratio
     done = iters
+    relaxed = weight
+    if tol is not None:  # plain until the first check (module docstring)
+        weight = torch.ones_like(weight)
     for t in range(iters):
         check = tol is not None and t % CHECK_EVERY == CHECK_EVERY - 1
         g_hat = steps.col(data, f)
@@ -151,8 +207,10 @@ def _iterate_to_tol(steps: Steps, data: tuple[Tensor, ...], f: Tensor, g: Tensor
             else:
                 estimate = gap * spread / scale
             reached = running & (estimate <= tol)  # a NaN estimate keeps running
-            if last is not None:
-                weight = torch.where((gap > DIVERGENCE_GROWTH * last)[:, None], torch.ones_like(weight), weight)
+            growth = gap / last  # NaN at the first check
+            if t == CHECK_EVERY - 1:
+                weight = relaxed
+            weight = torch.where((growth > DIVERGENCE_GROWTH)[:, None], torch.ones_like(weight), weight)
             last = gap
         f_out, g_out = f_out.index_copy(0, index[reached], f[reached]), g_out.index_copy(0, index[reached], g[reached])
         running = running & ~reached
@@ -160,10 +218,37 @@ def _iterate_to_tol(steps: Steps, data: tuple[Tensor, ...], f: Tensor, g: Tensor
         if alive == 0:
             done = t + 1
             break
+        if t + 1 >= NEWTON_AFTER:
+            f, g, newton_ok = _newton_where_worth(steps, data, f, g, running & newton_ok, newton_ok,
+                                                  _remaining(growth, estimate, tol) > NEWTON_WORTH * g.shape[1])
         if 2 * alive <= len(running):  # keep only the running problems
             keep = running.nonzero().squeeze(1)
             data = tuple(d.index_select(0, keep) for d in data)
-            f, g, spread, weight, last, scale, index = (x.index_select(0, keep)
-                                                        for x in (f, g, spread, weight, last, scale, index))
+            f, g, spread, weight, last, growth, scale, index, newton_ok = (
+                x.index_select(0, keep) for x in (f, g, spread, weight, last, growth, scale, index, newton_ok))
             running = running.index_select(0, keep)
     return f_out.index_copy(0, index[running], f[running]), g_out.index_copy(0, index[running], g[running]), done
+
+
+def _remaining(growth: Tensor, estimate: Tensor, tol: float) -> Tensor:
+    """(P,) iterations still to run before estimate <= tol if the marginal error keeps shrinking
+    by ``growth`` per check (inf where it does not shrink)."""
+    remaining = CHECK_EVERY * torch.log(tol / estimate) / torch.log(growth)
+    return torch.where(growth >= 1.0, math.inf, remaining)  # NaN (no rate yet) stays NaN: not worth a step
+
+
+def _newton_where_worth(steps: Steps, data: tuple[Tensor, ...], f: Tensor, g: Tensor, allowed: Tensor,
+                        newton_ok: Tensor, worth: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One Newton step for the working-set rows ``allowed & worth`` (module docstring); a row whose
+    step fails to lower its marginal error keeps its potentials and takes no more Newton steps."""
+    rows = (allowed & worth).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return f, g, newton_ok
+    sub = tuple(d.index_select(0, rows) for d in data)
+    f_old, g_old = f.index_select(0, rows), g.index_select(0, rows)
+    plan = steps.plan(sub, f_old, g_old)
+    df, dg, solved = newton_step(plan)
+    f_new, g_new = steps.balance(steps.shift(f_old, df), steps.shift(g_old, dg))
+    better = solved & (marginal_error(steps.plan(sub, f_new, g_new)) < marginal_error(plan))  # NaN: False
+    f_new, g_new = torch.where(better[:, None], f_new, f_old), torch.where(better[:, None], g_new, g_old)
+    return f.index_copy(0, rows, f_new), g.index_copy(0, rows, g_new), newton_ok.index_copy(0, rows, better)

@@ -42,8 +42,9 @@ dvalue/dX^ = -P Y^ and dvalue/dY^ = -P^T X^ are formed in the forward pass and o
 (P, n + m, d) gradients are kept, not the plan.
 
 Iteration schedule (``tol``, ``omega``): :mod:`otface.ot.schedule` runs the updates, optionally
-over-relaxed, and stops each problem once the estimated relative error of its value is <= tol;
-a problem that stops keeps the potentials of that check, whatever the rest of the batch does.
+over-relaxed, and stops each problem once the estimated relative error of its value is <= tol
+(a problem that Sinkhorn would take long over gets Newton steps on the dual); a problem that
+stops keeps the potentials of that check, whatever the rest of the batch does.
 
 CPU cache blocking: on CPU the batch is cut into groups of about CPU_GROUP_BYTES of cost, and
 each group runs all its iterations before the next, so that K is read from cache rather than
@@ -64,7 +65,7 @@ from torch import Tensor
 from otface.normalize import inverse_norm
 from otface.options import GRAD_MODES
 from otface.ot.cost import cosine_cost, unit_cosine_cost
-from otface.ot.schedule import Steps, iterate, log_balance, log_gap, log_relax
+from otface.ot.schedule import Steps, iterate, log_balance, log_gap, log_relax, log_shift
 
 # Kernel-domain iterations when every problem has (max C - min C) / eps <= this; see the module doc.
 KERNEL_MAX_RANGE = 50.0
@@ -150,7 +151,10 @@ def _log_steps(inv_eps: float, buf: Tensor | None) -> Steps:
     def value(data: tuple[Tensor, ...], f: Tensor, g: Tensor) -> Tensor:
         return _frobenius(_log_plan(data[0], f, g, inv_eps, buf), data[0])
 
-    return Steps(col, row, log_relax, log_gap, value, log_balance)
+    def plan(data: tuple[Tensor, ...], f: Tensor, g: Tensor) -> Tensor:
+        return _log_plan(data[0], f, g, inv_eps, None)  # its own tensor: buf is the half steps' work
+
+    return Steps(col, row, log_relax, log_gap, value, log_balance, plan, log_shift)
 
 
 def _kernel_relax(old: Tensor, new: Tensor, omega: Tensor) -> Tensor:
@@ -184,7 +188,18 @@ def _kernel_balance(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     return u / c, v * c
 
 
-KERNEL_STEPS = Steps(_kernel_col, _kernel_row, _kernel_relax, _kernel_gap, _kernel_value, _kernel_balance)
+def _kernel_plan(data: tuple[Tensor, ...], u: Tensor, v: Tensor) -> Tensor:
+    """P = diag(u) K diag(v) (Eq. 7), data = (K, ...): (P, n, m)."""
+    return data[0] * u.unsqueeze(2) * v.unsqueeze(1)
+
+
+def _kernel_shift(u: Tensor, step: Tensor) -> Tensor:
+    """u exp(step): the scalings of log u + step."""
+    return u * step.exp()
+
+
+KERNEL_STEPS = Steps(_kernel_col, _kernel_row, _kernel_relax, _kernel_gap, _kernel_value, _kernel_balance,
+                     _kernel_plan, _kernel_shift)
 
 
 def _kernel_solve(

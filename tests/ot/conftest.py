@@ -14,3 +14,9 @@ def domain(request, monkeypatch):
     with the log-domain iterations forced."""
     monkeypatch.setattr(sinkhorn_module, "KERNEL_MAX_RANGE", math.inf if request.param == "kernel" else -1.0)
     return request.param
+
+
+@pytest.fixture
+def no_newton(monkeypatch):
+    """Sinkhorn iterations only: no problem is ever old enough for a Newton step."""
+    monkeypatch.setattr(importlib.import_module("otface.ot.schedule"), "NEWTON_AFTER", math.inf)
