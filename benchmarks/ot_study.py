@@ -27,6 +27,7 @@ import platform
 import re
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,14 +81,17 @@ def overrides_of(label: str, seed: int) -> list[str]:
             "train.progress=false"]
 
 
-def run_arm(label: str, seed: int, runs: Path) -> dict[str, Any]:
-    """Train one arm with one seed; its entry of the JSON."""
+def run_arm(label: str, seed: int, runs: Path, shared: bool = False) -> dict[str, Any]:
+    """Train one arm with one seed; its entry of the JSON (``shared``: other work ran alongside,
+    so its times are not comparable)."""
     from otface.config import load_config
     from otface.train.trainer import Trainer
 
     cfg = load_config(None, overrides_of(label, seed))
     out = runs / f"{re.sub(r'[^a-z0-9]+', '_', label.lower()).strip('_')}_seed{seed}"
+    start = time.perf_counter()
     result = Trainer(cfg, out).train()
+    run_seconds = time.perf_counter() - start
     history = result["train"]["history"]
     terms = {key: float(np.mean([row[key] for row in history])) for key in history[-1] if key.endswith("_loss")}
     return {
@@ -100,6 +104,9 @@ def run_arm(label: str, seed: int, runs: Path) -> dict[str, Any]:
         "mean_terms": terms,
         "hard_groups_per_step": result["train"]["hard_groups_per_step"],
         "train_seconds": result["train"]["train_seconds"],
+        "run_seconds": run_seconds,
+        "threads": torch.get_num_threads(),
+        "shared": shared,
         "images_per_second": result["train"]["images_per_second"],
         "config": result["config"],
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
@@ -173,7 +180,14 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                         mean, sd = float(np.mean(diffs)), float(np.std(diffs, ddof=1))
                         half = _t975(len(diffs) - 1) * sd / math.sqrt(len(diffs))
                         stats["paired"][f"{name}/{metric}"] = (mean, mean - half, mean + half, len(diffs))
-        stats["seconds"] = float(np.mean([r["train_seconds"] for r in seeds.values()]))
+        quiet = [r["train_seconds"] for r in seeds.values() if not r.get("shared")]
+        stats["seconds"] = float(np.mean(quiet)) if quiet else None
+        if baseline:
+            common = sorted(set(seeds) & set(baseline))
+            pairs = [(seeds[s]["train_seconds"], baseline[s]["train_seconds"]) for s in common
+                     if not seeds[s].get("shared") and not baseline[s].get("shared")]
+            stats["time_ratio"] = (float(np.mean([a / b for a, b in pairs])), len(pairs)) if pairs else None
+        stats["commits"] = sorted({r["commit"] for r in seeds.values()})
         stats["groups"] = float(np.mean([r["hard_groups_per_step"] for r in seeds.values()]))
         stats["ot_loss"] = float(np.mean([r["mean_terms"].get("ot_loss", 0.0) for r in seeds.values()]))
         out[label] = stats
@@ -184,7 +198,9 @@ def write_report(data: dict[str, Any]) -> None:
     """docs/experiments.md and its plots, from the JSON only."""
     runs = data.get("runs", [])
     stats = summarise(runs)
-    cpu_hours = sum(r["train_seconds"] for r in runs) / 3600
+    wall = sum(r["train_seconds"] for r in runs) / 3600
+    core = sum(r["train_seconds"] * r.get("threads", 2) for r in runs) / 3600  # the runs before "threads": 2
+    whole = [r["run_seconds"] / r["train_seconds"] for r in runs if "run_seconds" in r]
     lines = [
         "# Experiments: does the OT term help?",
         "",
@@ -194,10 +210,13 @@ def write_report(data: dict[str, Any]) -> None:
         "listed (a seed changes initialisation, batch order and flips; the images are the same). Accuracy",
         "is insightface's 10-fold protocol; TAR at FAR 1e-3 with thresholds from the other nine folds; AUC",
         "of the ROC. Mean ± std over seeds; Δ: the paired difference to the arm's baseline (same seeds)",
-        "with its 95 % t interval, in points.",
+        "with its 95 % t interval, in points. s / run: training time, over the runs that had the machine",
+        "to themselves (runs marked `shared` in the JSON ran two at a time, one thread each).",
         "",
-        f"{len(runs)} runs so far, {cpu_hours:.1f} hours of training on "
-        f"{', '.join(sorted({r['machine'] for r in runs})) or 'no machine yet'}.",
+        f"Cost so far: {len(runs)} runs, {wall:.1f} hours of training wall time, {core:.1f} core-hours, on "
+        f"{', '.join(sorted({r['machine'] for r in runs})) or 'no machine yet'}"
+        + (f"; a whole run (training, then embedding and scoring the {2 * PROTOCOL_PAIRS} protocol pairs) takes "
+           f"{np.mean(whole):.2f}x its training time" if whole else "") + ".",
         "",
     ]
     for group in dict.fromkeys(g for _, _, g in ARMS.values()):
@@ -221,7 +240,8 @@ def write_report(data: dict[str, Any]) -> None:
                     cells.append(cell)
             over = " ".join(f"`{o}`" for o in ARMS[label][0]) or "(the default run)"
             lines.append(f"| {label} | {over} | {', '.join(map(str, s['seeds']))} | " + " | ".join(cells)
-                         + f" | {s['groups']:.1f} | {s['ot_loss']:.4f} | {s['seconds']:.0f} |")
+                         + f" | {s['groups']:.1f} | {s['ot_loss']:.4f} | "
+                         + ("–" if s["seconds"] is None else f"{s['seconds']:.0f}") + " |")
         lines.append("")
     if data.get("gradient_ratio"):
         g = data["gradient_ratio"]
@@ -229,10 +249,51 @@ def write_report(data: dict[str, Any]) -> None:
                   f"‖dL_OT/dF‖ / ‖dL_head/dF‖ at {g['stage']}'s feature maps F of the trained default run, weight 1, "
                   f"over {g['batches']} training batches: mean {g['mean']:.3g} (min {g['min']:.3g}, max "
                   f"{g['max']:.3g}).", ""]
-    if data.get("findings"):
-        lines += ["## What the evidence says", "", *data["findings"], ""]
+    lines += ["## What the evidence says", "", *findings(stats), ""]
     DOC.write_text("\n".join(lines) + "\n")
     plot(runs)
+
+
+def findings(stats: dict[str, dict[str, Any]]) -> list[str]:
+    """What the JSON shows, in sentences generated from its figures: per arm with a baseline, the
+    paired accuracy differences and whether their intervals exclude 0; the OT term's time cost."""
+    out = []
+    excluding = []
+    for label, (_, base, _) in ARMS.items():
+        s = stats.get(label)
+        if not s or "synth_easy/accuracy" not in s["paired"]:
+            continue
+        parts = []
+        for name in SETS:
+            d, lo, hi, n = s["paired"][f"{name}/accuracy"]
+            parts.append(f"{name.removeprefix('synth_')} {d:+.2f} [{lo:+.2f}, {hi:+.2f}]")
+            if lo > 0 or hi < 0:
+                excluding.append(f"{label} ({name.removeprefix('synth_')}: {'better' if lo > 0 else 'worse'})")
+        out.append(f"- {label} against {base}, {n} paired seeds: accuracy " + ", ".join(parts) + " points.")
+    tested = len(out)
+    if excluding:
+        out.append(f"- Intervals excluding 0: {'; '.join(excluding)}. With {2 * tested} accuracy intervals at 95 %, "
+                   f"about {0.05 * 2 * tested:.1f} would exclude 0 by chance alone.")
+    elif tested:
+        out.append(f"- {'Both' if tested == 1 else f'All {2 * tested}'} accuracy intervals contain 0: no arm shows "
+                   "evidence that the OT term helps or hurts verification accuracy on this task, at these seed counts.")
+    ot = stats.get("arcface+ot", {})
+    if ot.get("time_ratio"):
+        ratio, n = ot["time_ratio"]
+        out.append(f"- Cost: the OT term (default settings) takes {100 * (ratio - 1):.0f} % more training time than "
+                   f"ArcFace alone (mean over {n} seeds that had the machine to themselves; OT runs at commit "
+                   f"{', '.join(ot['commits'])}; benchmarks/RESULTS.md times the step of later commits).")
+    scale = HERE / "hard_groups_at_scale.json"
+    if scale.is_file():
+        rows = json.loads(scale.read_text())["rows"]
+        small = [r for r in rows if r["batch"] == 128]
+        out.append(f"- Random batches at MS1MV2 scale (benchmarks/hard_groups_at_scale.py): a batch of 128 holds "
+                   f"{min(r['simulated'] for r in small):.2f}-{max(r['simulated'] for r in small):.2f} same-identity "
+                   f"pairs on average and {100 * min(r['batches_without_any'] for r in small):.0f}-"
+                   f"{100 * max(r['batches_without_any'] for r in small):.0f} % of batches hold none; a P x K batch "
+                   f"of 128 holds {small[0]['pk_pairs']}: the paper's randomly sampled batches give the OT term almost "
+                   "nothing to act on.")
+    return out
 
 
 def plot(runs: list[dict[str, Any]]) -> None:
@@ -272,6 +333,8 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=None, help="run folders (default: a temporary folder)")
     parser.add_argument("--gradient-ratio", type=Path, default=None, metavar="CHECKPOINT")
     parser.add_argument("--report", action="store_true", help="only rewrite the doc and plots from the JSON")
+    parser.add_argument("--shared", action="store_true",
+                        help="other work runs alongside: record the runs' times as not comparable")
     args = parser.parse_args()
     data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": []}
     if args.gradient_ratio:
@@ -286,7 +349,7 @@ def main() -> None:
                 if done and not args.force:
                     continue
                 print(f"== {label}, seed {seed}", flush=True)
-                entry = run_arm(label, seed, runs)
+                entry = run_arm(label, seed, runs, args.shared)
                 data["runs"] = [r for r in data["runs"] if not (r["arm"] == label and r["seed"] == seed)] + [entry]
                 RESULTS.write_text(json.dumps(data, indent=1) + "\n")
                 write_report(data)

@@ -1,0 +1,58 @@
+"""benchmarks/ot_study.py's statistics: per-arm means and spreads, the paired difference and its
+95 % interval (against scipy's paired t-test), the time cost from unshared runs only, and the
+findings' verdicts."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import ttest_rel
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+import ot_study  # noqa: E402
+
+
+def run(arm, seed, easy, hard, seconds=300.0, shared=False):
+    """A JSON entry with only the fields the statistics read."""
+    return {"arm": arm, "seed": seed, "commit": "abc1234", "train_seconds": seconds, "shared": shared,
+            "hard_groups_per_step": 0.0, "mean_terms": {},
+            "verification": {"synth_easy": {"accuracy": easy / 100}, "synth_hard": {"accuracy": hard / 100}}}
+
+
+BASE = {0: (97.0, 85.0), 1: (97.5, 86.0), 2: (96.8, 84.1), 3: (97.2, 85.5)}
+OT = {0: (97.4, 85.2), 1: (97.1, 86.9), 2: (97.3, 84.0), 3: (97.9, 86.1)}
+
+
+def runs(shift=0.0):
+    return ([run("arcface", s, *v) for s, v in BASE.items()]
+            + [run("arcface+ot", s, e + shift, h + shift, seconds=360.0, shared=s == 3) for s, (e, h) in OT.items()])
+
+
+def test_paired_interval_is_scipys_paired_t_interval():
+    stats = ot_study.summarise(runs())
+    for name, column in (("synth_easy", 0), ("synth_hard", 1)):
+        ot = [OT[s][column] for s in range(4)]
+        base = [BASE[s][column] for s in range(4)]
+        mean, lo, hi, n = stats["arcface+ot"]["paired"][f"{name}/accuracy"]
+        want = ttest_rel(ot, base).confidence_interval(0.95)
+        assert n == 4
+        assert mean == pytest.approx(np.mean(np.subtract(ot, base)))
+        assert (lo, hi) == pytest.approx((want.low, want.high))
+        assert stats["arcface+ot"]["figures"][f"{name}/accuracy"] == pytest.approx((np.mean(ot), np.std(ot, ddof=1)))
+
+
+def test_times_come_from_unshared_runs_only():
+    stats = ot_study.summarise(runs())
+    assert stats["arcface+ot"]["seconds"] == pytest.approx(360.0)
+    assert stats["arcface+ot"]["time_ratio"] == pytest.approx((1.2, 3))  # seed 3 shared the machine
+    only_shared = ot_study.summarise([run("arcface", 0, 97, 85, shared=True)])
+    assert only_shared["arcface"]["seconds"] is None
+
+
+def test_findings_say_whether_an_interval_excludes_zero():
+    unclear = "\n".join(ot_study.findings(ot_study.summarise(runs())))
+    assert "Both accuracy intervals contain 0" in unclear
+    clear = "\n".join(ot_study.findings(ot_study.summarise(runs(shift=3.0))))  # OT 3 points better everywhere
+    assert "arcface+ot (easy: better); arcface+ot (hard: better)" in clear
+    assert "20 %" in clear  # 360 s against 300 s, unshared seeds only
