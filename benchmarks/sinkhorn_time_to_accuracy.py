@@ -1,8 +1,8 @@
-"""Time to a stated accuracy of the OT value, on feature maps of a trained model: ours against POT.
+"""Time to a stated accuracy of the OT value, on feature maps of a trained model: ours against POT and geomloss.
 
     python benchmarks/sinkhorn_time_to_accuracy.py runs/<run>/last.pt [--pairs 64] [--eps 0.05]
         [--threads 2] [--repeats 3] [--plot benchmarks/sinkhorn_time_to_accuracy.png]
-        [--stages layer1 ...] [--device cuda] [--project-channels 128] [--fused] [--no-pot]
+        [--stages layer1 ...] [--device cuda] [--project-channels 128] [--fused] [--no-pot] [--no-geomloss]
 
 For every stage of the trained backbone, distinct image pairs of a P x K batch of its training set
 (as the OT loss sees them; see benchmarks/sinkhorn_accuracy.py), and tau = 1e-3, 1e-4 (the largest
@@ -13,7 +13,11 @@ relative error of the value <P, C> over the pairs, against the float64 solution 
   of 10, found by search against the reference: an oracle no user has) that reach tau;
 - pot: POT's ot.batch.solve_batch (log_sinkhorn, envelope gradient) on our cost matrices, 8 pairs per
   call (64 pairs of 28 x 28 maps at once exhaust 24 GiB), its own stop disabled (tol = 0), for as
-  many iterations as plain: the same iterates in exact arithmetic (its errors are printed, to check).
+  many iterations as plain: the same iterates in exact arithmetic (its errors are printed, to check);
+- geomloss: SamplesLoss("sinkhorn", tensorized), whose iterations are set by its eps-annealing ratio
+  ``scaling``: the smallest of GEOMLOSS_SCALINGS that reaches tau. Its value is the KL-regularised
+  dual <P, C> + eps KL(P | a x b), so its error is against that quantity converged in float64 (ours
+  with entropy=True, shifted), its gradient against that quantity's gradient.
 
 Each row times value -> sum -> backward to the points (median of ``--repeats`` after a warm-up) and
 reports the value's error and the gradient's (max |grad - grad*| / max |grad*|, to the first cloud).
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 
 import torch
 from bench_sinkhorn import backward_of, timed
@@ -35,6 +40,7 @@ from sinkhorn_accuracy import batch_pairs
 
 from otface.data.transforms import network_input
 from otface.eval.model import backbone_from_checkpoint
+from otface.normalize import inverse_norm
 from otface.ot import cosine_cost, cosine_sinkhorn
 from otface.ot.fused import fused_cosine_sinkhorn
 from otface.ot.schedule import OMEGA
@@ -47,6 +53,7 @@ CURVE_TOLS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5)
 CURVE_ITERS = (10, 20, 50, 100, 200, 400)
 
 
+GEOMLOSS_SCALINGS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)  # its annealing ratios, fastest first
 POT_CHUNK = 8  # pairs per POT call: its log-domain batch keeps several (P, n, m) tensors (OOM at 64 x 784^2)
 
 
@@ -66,6 +73,37 @@ def pot_solver(eps: float):
         return solve
 
     return with_iters
+
+
+def geomloss_solver(eps: float):
+    """geomloss's SamplesLoss("sinkhorn") (tensorized, eps-scaling) as fn(scaling)(x, y) -> its value
+    (the KL-regularised dual, an entropic quantity: see entropic_reference), or None when not installed.
+    On unit vectors its p = 2 cost |x - y|^2 / 2 is our 1 - cos; blur = sqrt(eps), diameter 2."""
+    if importlib.util.find_spec("geomloss") is None:
+        return None
+    from geomloss import SamplesLoss
+
+    def with_scaling(scaling: float):
+        loss = SamplesLoss("sinkhorn", p=2, blur=eps ** 0.5, debias=False, scaling=scaling, diameter=2.0,
+                           backend="tensorized")
+        return lambda a, b: loss(a * inverse_norm(a), b * inverse_norm(b))
+
+    return with_scaling
+
+
+def entropic_reference(x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """geomloss's quantity, converged in float64, and its gradient to x: ours with entropy=True
+    (<P, C> - eps H(P)) + eps (1 + log(n m)), which is <P, C> + eps KL(P | a x b) (bench_sinkhorn.py)."""
+    xd = x.detach().double().requires_grad_()
+    shift = eps * (1.0 + math.log(x.shape[1] * y.shape[1]))
+    ref = cosine_sinkhorn(xd, y.detach().double(), eps, 20 * CAP, 1e-12, entropy=True, omega=OMEGA) + shift
+    (grad,) = torch.autograd.grad(ref.sum(), xd)
+    return ref.detach(), grad
+
+
+def fastest_scaling(make, x, y, ref, ref_grad, tau: float) -> float | None:
+    """The smallest of GEOMLOSS_SCALINGS (the fewest annealing steps) that reaches tau."""
+    return next((s for s in GEOMLOSS_SCALINGS if errors(make(s), x, y, ref, ref_grad)[0] <= tau), None)
 
 
 def errors(fn, x: torch.Tensor, y: torch.Tensor, ref: torch.Tensor, ref_grad: torch.Tensor) -> tuple[float, float]:
@@ -107,6 +145,7 @@ def main() -> None:
                              "expectation): the trained maps as a stand-in for wider ones")
     parser.add_argument("--fused", action="store_true", help="also time fused_cosine_sinkhorn (for CUDA)")
     parser.add_argument("--no-pot", action="store_true", help="skip POT")
+    parser.add_argument("--no-geomloss", action="store_true", help="skip geomloss")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     eps = args.eps
@@ -116,10 +155,13 @@ def main() -> None:
     with torch.no_grad():
         _, maps = model.forward_features(network_input(images, cfg.model.input_size), list(model.stage_names))
     pot = None if args.no_pot else pot_solver(eps)
+    geo = None if args.no_geomloss else geomloss_solver(eps)
     device = torch.device(args.device)
     print(f"{args.checkpoint}: {cfg.model.backbone} {cfg.model.params} at {cfg.model.input_size} px; "
           f"{args.pairs} pairs, eps {eps:g}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-          + ("" if pot else "; POT skipped" + ("" if args.no_pot else ": not installed (pip install pot)")))
+          + ("" if pot else "; POT skipped" + ("" if args.no_pot else ": not installed (pip install pot)"))
+          + ("" if geo else "; geomloss skipped"
+             + ("" if args.no_geomloss else ": not installed (pip install geomloss)")))
     curves = {}
     for stage, fmap in maps.items():
         if args.stages and stage not in args.stages:
@@ -133,6 +175,9 @@ def main() -> None:
         ref = cosine_sinkhorn(xd, y.double(), eps, 20 * CAP, 1e-12, omega=OMEGA)
         (ref_grad,) = torch.autograd.grad(ref.sum(), xd)
         ref = ref.detach()
+        refs = {"value": (ref, ref_grad)}
+        if geo:
+            refs["entropic"] = entropic_reference(x, y, eps)
         wider = f" -> {args.project_channels} channels" if args.project_channels else ""
         print(f"\n{stage} {tuple(fmap.shape[1:])}{wider}, {len(a)} pairs on {device}\n")
         print("| tau | solver | iterations | ms fwd+bwd | value error | gradient error | time / ours |")
@@ -146,22 +191,25 @@ def main() -> None:
                 return cosine_sinkhorn(p, q, eps, CAP, tau, omega=OMEGA)
 
             its = sinkhorn_potentials(cosine_cost(x, y).detach(), eps, CAP, tau, OMEGA).iterations
-            rows = [("ours", its, ours)]
+            rows = [("ours", its, ours, "value")]
             if args.fused:
                 rows.append(("ours, fused", its,
-                             lambda p, q, tau=tau: fused_cosine_sinkhorn(p, q, eps, CAP, tau, OMEGA)))
+                             lambda p, q, tau=tau: fused_cosine_sinkhorn(p, q, eps, CAP, tau, OMEGA), "value"))
             k = fewest_iters(lambda k: lambda p, q: cosine_sinkhorn(p, q, eps, k), x, y, ref, ref_grad, tau)
-            rows.append(("plain", k, (lambda p, q, k=k: cosine_sinkhorn(p, q, eps, k)) if k else None))
+            rows.append(("plain", k, (lambda p, q, k=k: cosine_sinkhorn(p, q, eps, k)) if k else None, "value"))
             if pot:  # the same plain iterates as ours at omega = 1 (in exact arithmetic), so as many
-                rows.append(("pot", k, pot(k) if k else None))
+                rows.append(("pot", k, pot(k) if k else None, "value"))
+            if geo:  # its own quantity, against its own converged value
+                scaling = fastest_scaling(geo, x, y, *refs["entropic"], tau)
+                rows.append(("geomloss", f"scaling {scaling}", geo(scaling) if scaling else None, "entropic"))
             base = None
-            for name, k, fn in rows:
+            for name, k, fn, quantity in rows:
                 if fn is None:
                     print(f"| {tau:g} | {name} | > {CAP} | | | | |")
                     continue
                 wall, _, _ = timed(backward_of(fn, x, y), args.repeats, device)
                 base = base or wall
-                value_err, grad_err = errors(fn, x, y, ref, ref_grad)
+                value_err, grad_err = errors(fn, x, y, *refs[quantity])
                 print(f"| {tau:g} | {name} | {k} | {wall * 1e3:.1f} | {value_err:.1e} | {grad_err:.1e} | "
                       f"{wall / base:.2f} |")
                 if name == "plain":  # no schedule can take less than one iteration's time
