@@ -39,6 +39,7 @@ ROOT = HERE.parent
 RESULTS = HERE / "ot_study.json"
 DOC = ROOT / "docs" / "experiments.md"
 IMAGES = ROOT / "docs" / "images"
+MAIN_SEEDS, ABLATION_SEEDS = 5, 3  # the seeds the study plans per arm
 PROTOCOL_PAIRS = 6000  # per verification protocol, as LFW: a one-point difference is then measurable
 SETS = ("synth_easy", "synth_hard")
 METRICS = {"accuracy": "accuracy (%)", "tar_at_far": "TAR @ FAR 1e-3 (%)", "auc": "AUC (%)"}
@@ -219,6 +220,13 @@ def write_report(data: dict[str, Any]) -> None:
            f"{np.mean(whole):.2f}x its training time" if whole else "") + ".",
         "",
     ]
+    quiet = [r["train_seconds"] for r in runs if not r.get("shared")]
+    if quiet and whole:
+        planned = sum(MAIN_SEEDS if g == "main" else ABLATION_SEEDS for _, _, g in ARMS.values())
+        hours = planned * np.mean(quiet) * np.mean(whole) / 3600
+        lines += [f"The whole study as planned ({MAIN_SEEDS} seeds per main arm, {ABLATION_SEEDS} per ablation arm: "
+                  f"{planned} runs) costs about {hours:.1f} hours of this machine, one run at a time (the mean "
+                  f"unshared training time, {np.mean(quiet):.0f} s, times that ratio).", ""]
     for group in dict.fromkeys(g for _, _, g in ARMS.values()):
         labels = [label for label, (_, _, g) in ARMS.items() if g == group and label in stats]
         if not labels:
