@@ -57,6 +57,7 @@ CASES = {  # batch, n, m, d, eps, iters, block
     "small eps (log domain)": (3, 13, 7, 5, 0.01, 50, 3),
     "small eps, one block": (2, 49, 36, 8, 0.01, 50, DEFAULT_BLOCK),
     "one iteration": (2, 9, 11, 6, 0.1, 1, 5),
+    "few points (with tol: Newton steps)": (4, 8, 8, 8, 0.05, 50, 3),  # 30 iterations with them, > 400 without
 }
 
 
