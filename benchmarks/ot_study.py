@@ -233,7 +233,7 @@ def write_report(data: dict[str, Any]) -> None:
             continue
         lines += [f"## {group}", "", "| arm | overrides | seeds | " + " | ".join(
             f"{name.removeprefix('synth_')} {METRICS[m]}" for name in SETS for m in METRICS) + " | hard groups / step "
-            "| OT loss | s / run |", "|---|---|---|" + "---:|" * (len(SETS) * len(METRICS) + 3)]
+            "| OT loss | s / run | commits |", "|---|---|---|" + "---:|" * (len(SETS) * len(METRICS) + 3) + "---|"]
         for label in labels:
             s = stats[label]
             cells = []
@@ -249,7 +249,7 @@ def write_report(data: dict[str, Any]) -> None:
             over = " ".join(f"`{o}`" for o in ARMS[label][0]) or "(the default run)"
             lines.append(f"| {label} | {over} | {', '.join(map(str, s['seeds']))} | " + " | ".join(cells)
                          + f" | {s['groups']:.1f} | {s['ot_loss']:.4f} | "
-                         + ("–" if s["seconds"] is None else f"{s['seconds']:.0f}") + " |")
+                         + ("–" if s["seconds"] is None else f"{s['seconds']:.0f}") + f" | {', '.join(s['commits'])} |")
         lines.append("")
     if data.get("gradient_ratio"):
         g = data["gradient_ratio"]
