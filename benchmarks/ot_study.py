@@ -177,7 +177,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     diffs = [figure(seeds[s], name, metric) - figure(baseline[s], name, metric) for s in common
                              if figure(seeds[s], name, metric) is not None
                              and figure(baseline[s], name, metric) is not None]
-                    if len(diffs) >= 2:
+                    if len(diffs) == 1:  # a difference, no interval
+                        stats["paired"][f"{name}/{metric}"] = (diffs[0], None, None, 1)
+                    elif len(diffs) >= 2:
                         mean, sd = float(np.mean(diffs)), float(np.std(diffs, ddof=1))
                         half = _t975(len(diffs) - 1) * sd / math.sqrt(len(diffs))
                         stats["paired"][f"{name}/{metric}"] = (mean, mean - half, mean + half, len(diffs))
@@ -244,7 +246,7 @@ def write_report(data: dict[str, Any]) -> None:
                     cell = "–" if mean is None else f"{mean:.2f}" + (f" ± {sd:.2f}" if len(s["seeds"]) > 1 else "")
                     if key in s["paired"]:
                         d, lo, hi, _ = s["paired"][key]
-                        cell += f"<br>Δ {d:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+                        cell += f"<br>Δ {d:+.2f} " + ("(one seed)" if lo is None else f"[{lo:+.2f}, {hi:+.2f}]")
                     cells.append(cell)
             over = " ".join(f"`{o}`" for o in ARMS[label][0]) or "(the default run)"
             lines.append(f"| {label} | {over} | {', '.join(map(str, s['seeds']))} | " + " | ".join(cells)
@@ -267,9 +269,14 @@ def findings(stats: dict[str, dict[str, Any]]) -> list[str]:
     paired accuracy differences and whether their intervals exclude 0; the OT term's time cost."""
     out = []
     excluding = []
+    single = []
     for label, (_, base, _) in ARMS.items():
         s = stats.get(label)
         if not s or "synth_easy/accuracy" not in s["paired"]:
+            continue
+        if s["paired"]["synth_easy/accuracy"][3] == 1:
+            easy, hard = (s["paired"][f"{name}/accuracy"][0] for name in SETS)
+            single.append(f"{label} (easy {easy:+.2f}, hard {hard:+.2f})")
             continue
         parts = []
         for name in SETS:
@@ -285,6 +292,9 @@ def findings(stats: dict[str, dict[str, Any]]) -> list[str]:
     elif tested:
         out.append(f"- {'Both' if tested == 1 else f'All {2 * tested}'} accuracy intervals contain 0: no arm shows "
                    "evidence that the OT term helps or hurts verification accuracy on this task, at these seed counts.")
+    if single:
+        out.append("- One paired seed so far, so no interval (difference to the baseline, in points): "
+                   + "; ".join(single) + ".")
     ot = stats.get("arcface+ot", {})
     if ot.get("time_ratio"):
         ratio, n = ot["time_ratio"]

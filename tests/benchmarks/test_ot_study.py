@@ -56,3 +56,11 @@ def test_findings_say_whether_an_interval_excludes_zero():
     clear = "\n".join(ot_study.findings(ot_study.summarise(runs(shift=3.0))))  # OT 3 points better everywhere
     assert "arcface+ot (easy: better); arcface+ot (hard: better)" in clear
     assert "20 %" in clear  # 360 s against 300 s, unshared seeds only
+
+
+def test_a_single_paired_seed_gives_a_difference_and_no_interval():
+    stats = ot_study.summarise([run("arcface", 0, 97.0, 85.0), run("ot weight 10", 0, 96.5, 85.5)])
+    assert stats["ot weight 10"]["paired"]["synth_easy/accuracy"] == pytest.approx((-0.5, None, None, 1))
+    said = "\n".join(ot_study.findings(stats))
+    assert "One paired seed so far" in said and "ot weight 10 (easy -0.50, hard +0.50)" in said
+    assert "intervals contain 0" not in said
