@@ -165,6 +165,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for label, seeds in by_arm.items():
         stats: dict[str, Any] = {"seeds": sorted(seeds), "figures": {}, "paired": {}}
         baseline = by_arm.get(ARMS[label][1]) if label in ARMS and ARMS[label][1] else None
+        common = sorted(set(seeds) & set(baseline)) if baseline else []  # the paired seeds
         for name in SETS:
             for metric in METRICS:
                 values = [figure(seeds[s], name, metric) for s in sorted(seeds)]
@@ -173,7 +174,6 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     stats["figures"][f"{name}/{metric}"] = (float(np.mean(values)),
                                                             float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
                 if baseline:
-                    common = sorted(set(seeds) & set(baseline))
                     diffs = [figure(seeds[s], name, metric) - figure(baseline[s], name, metric) for s in common
                              if figure(seeds[s], name, metric) is not None
                              and figure(baseline[s], name, metric) is not None]
@@ -186,7 +186,6 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         quiet = [r["train_seconds"] for r in seeds.values() if not r.get("shared")]
         stats["seconds"] = float(np.mean(quiet)) if quiet else None
         if baseline:
-            common = sorted(set(seeds) & set(baseline))
             pairs = [(seeds[s]["train_seconds"], baseline[s]["train_seconds"]) for s in common
                      if not seeds[s].get("shared") and not baseline[s].get("shared")]
             stats["time_ratio"] = (float(np.mean([a / b for a, b in pairs])), len(pairs)) if pairs else None

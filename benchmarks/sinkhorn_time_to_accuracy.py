@@ -32,15 +32,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 
 import torch
-from bench_sinkhorn import backward_of, timed
+from bench_sinkhorn import backward_of, geomloss_cosine, kl_shift, timed
 from sinkhorn_accuracy import batch_pairs
 
 from otface.data.transforms import network_input
 from otface.eval.model import backbone_from_checkpoint
-from otface.normalize import inverse_norm
 from otface.ot import cosine_cost, cosine_sinkhorn
 from otface.ot.fused import fused_cosine_sinkhorn
 from otface.ot.schedule import OMEGA
@@ -81,21 +79,14 @@ def geomloss_solver(eps: float):
     On unit vectors its p = 2 cost |x - y|^2 / 2 is our 1 - cos; blur = sqrt(eps), diameter 2."""
     if importlib.util.find_spec("geomloss") is None:
         return None
-    from geomloss import SamplesLoss
-
-    def with_scaling(scaling: float):
-        loss = SamplesLoss("sinkhorn", p=2, blur=eps ** 0.5, debias=False, scaling=scaling, diameter=2.0,
-                           backend="tensorized")
-        return lambda a, b: loss(a * inverse_norm(a), b * inverse_norm(b))
-
-    return with_scaling
+    return lambda scaling: geomloss_cosine(eps, scaling)
 
 
 def entropic_reference(x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """geomloss's quantity, converged in float64, and its gradient to x: ours with entropy=True
     (<P, C> - eps H(P)) + eps (1 + log(n m)), which is <P, C> + eps KL(P | a x b) (bench_sinkhorn.py)."""
     xd = x.detach().double().requires_grad_()
-    shift = eps * (1.0 + math.log(x.shape[1] * y.shape[1]))
+    shift = kl_shift(eps, x.shape[1], y.shape[1])
     ref = cosine_sinkhorn(xd, y.detach().double(), eps, 20 * CAP, 1e-12, entropy=True, omega=OMEGA) + shift
     (grad,) = torch.autograd.grad(ref.sum(), xd)
     return ref.detach(), grad

@@ -219,7 +219,7 @@ def _kernel_solve(
     u, v, done = iterate(KERNEL_STEPS, data, *ones, spread, iters, tol, omega)
     f, g = u.log(), v.log() + low[:, :, 0] / eps
     if buf is None:
-        return kernel * u.unsqueeze(2) * v.unsqueeze(1), f, g, done
+        return _kernel_plan((kernel,), u, v), f, g, done
     return kernel.mul_(u.unsqueeze(2)).mul_(v.unsqueeze(1)), f, g, done
 
 
