@@ -42,6 +42,7 @@ IMAGES = ROOT / "docs" / "images"
 MAIN_SEEDS, ABLATION_SEEDS = 5, 3  # the seeds the study plans per arm
 PROTOCOL_PAIRS = 6000  # per verification protocol, as LFW: a one-point difference is then measurable
 SETS = ("synth_easy", "synth_hard")
+MAIN_PLOT, DIFFERENCES_PLOT = "ot_study_main.png", "ot_study_differences.png"  # under IMAGES
 METRICS = {"accuracy": "accuracy (%)", "tar_at_far": "TAR @ FAR 1e-3 (%)", "auc": "AUC (%)"}
 
 
@@ -213,7 +214,11 @@ def write_report(data: dict[str, Any]) -> None:
         "is insightface's 10-fold protocol; TAR at FAR 1e-3 with thresholds from the other nine folds; AUC",
         "of the ROC. Mean ± std over seeds; Δ: the paired difference to the arm's baseline (same seeds)",
         "with its 95 % t interval, in points. s / run: training time, over the runs that had the machine",
-        "to themselves (runs marked `shared` in the JSON ran two at a time, one thread each).",
+        "to themselves (runs marked `shared` in the JSON ran two at a time, one thread each). No TAR at FAR",
+        f"1e-4: the thresholds come from {PROTOCOL_PAIRS // 2 * 9 // 10} impostor pairs (nine folds), so FAR 1e-4 "
+        "would rest on a fraction of one pair.",
+        "`python benchmarks/ot_study.py --arms '<arm>' --seeds <seed> --force` reruns any row's run (the JSON keeps "
+        "its config, so the same commit gives the same figures on a CPU).",
         "",
         f"Cost so far: {len(runs)} runs, {wall:.1f} hours of training wall time, {core:.1f} core-hours, on "
         f"{', '.join(sorted({r['machine'] for r in runs})) or 'no machine yet'}"
@@ -259,8 +264,11 @@ def write_report(data: dict[str, Any]) -> None:
                   f"over {g['batches']} training batches: mean {g['mean']:.3g} (min {g['min']:.3g}, max "
                   f"{g['max']:.3g}).", ""]
     lines += ["## What the evidence says", "", *findings(stats), ""]
+    if plot(runs):
+        lines += [f"![the main arms per seed](images/{MAIN_PLOT})", ""]
+    if plot_differences(stats):
+        lines += [f"![every arm's paired difference to its baseline](images/{DIFFERENCES_PLOT})", ""]
     DOC.write_text("\n".join(lines) + "\n")
-    plot(runs)
 
 
 def findings(stats: dict[str, dict[str, Any]]) -> list[str]:
@@ -313,15 +321,22 @@ def findings(stats: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
-def plot(runs: list[dict[str, Any]]) -> None:
-    """Per seed, the main arms' accuracy and TAR on both protocols, lines joining a seed's pair."""
-    main = [label for label, (_, _, g) in ARMS.items() if g == "main"]
-    if not any(r["arm"] in main for r in runs):
-        return
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot(runs: list[dict[str, Any]]) -> bool:
+    """Per seed, the main arms' accuracy and TAR on both protocols, lines joining a seed's pair, as
+    docs/images/MAIN_PLOT; False (nothing written) without runs of the main arms."""
+    main = [label for label, (_, _, g) in ARMS.items() if g == "main"]
+    if not any(r["arm"] in main for r in runs):
+        return False
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.4))
     panels = [(name, m) for m in ("accuracy", "tar_at_far") for name in SETS]
@@ -339,7 +354,39 @@ def plot(runs: list[dict[str, Any]]) -> None:
     fig.suptitle("ArcFace alone and with the OT term, one line per seed", fontsize=10)
     fig.tight_layout()
     IMAGES.mkdir(parents=True, exist_ok=True)
-    fig.savefig(IMAGES / "ot_study_main.png", dpi=110)
+    fig.savefig(IMAGES / MAIN_PLOT, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_differences(stats: dict[str, dict[str, Any]]) -> bool:
+    """Every arm's paired accuracy difference to its baseline with its 95 % interval (a dot alone
+    for one seed), easy and hard protocol side by side, as docs/images/DIFFERENCES_PLOT; False
+    (nothing written) when no arm has a paired seed."""
+    labels = [label for label in ARMS if "synth_easy/accuracy" in stats.get(label, {}).get("paired", {})]
+    if not labels:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(SETS), figsize=(10, 0.45 * len(labels) + 1.4), sharey=True)
+    for ax, name in zip(axes, SETS):
+        for row, label in enumerate(labels):
+            d, lo, hi, n = stats[label]["paired"][f"{name}/accuracy"]
+            if lo is None:
+                ax.plot(d, row, marker="o", mfc="none", color="black")
+            else:
+                ax.errorbar(d, row, xerr=[[d - lo], [hi - d]], marker="o", color="black", capsize=3)
+            ax.annotate(f"n={n}", (1.0, row), xycoords=("axes fraction", "data"), xytext=(3, 0),
+                        textcoords="offset points", va="center", fontsize=7)
+        ax.axvline(0.0, color="grey", linewidth=0.8)
+        ax.set_title(f"{name}: accuracy, arm - baseline (points)", fontsize=9)
+    axes[0].set_yticks(range(len(labels)), [f"{label} - {ARMS[label][1]}" for label in labels], fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle("Paired by seed; bars: 95 % t interval; open dot: one seed, no interval", fontsize=9)
+    fig.tight_layout()
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    fig.savefig(IMAGES / DIFFERENCES_PLOT, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def main() -> None:

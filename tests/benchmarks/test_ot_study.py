@@ -64,3 +64,13 @@ def test_a_single_paired_seed_gives_a_difference_and_no_interval():
     said = "\n".join(ot_study.findings(stats))
     assert "One paired seed so far" in said and "ot weight 10 (easy -0.50, hard +0.50)" in said
     assert "intervals contain 0" not in said
+
+
+def test_the_plots_are_written_only_from_paired_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(ot_study, "IMAGES", tmp_path)
+    assert not ot_study.plot_differences(ot_study.summarise([run("arcface", 0, 97.0, 85.0)]))
+    assert not (tmp_path / ot_study.DIFFERENCES_PLOT).exists()
+    assert ot_study.plot_differences(ot_study.summarise(runs() + [run("ot weight 10", 0, 96.5, 85.5)]))
+    assert ot_study.plot(runs())
+    for name in (ot_study.DIFFERENCES_PLOT, ot_study.MAIN_PLOT):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
