@@ -299,6 +299,13 @@ def findings(stats: dict[str, dict[str, Any]]) -> list[str]:
     elif tested:
         out.append(f"- {'Both' if tested == 1 else f'All {2 * tested}'} accuracy intervals contain 0: no arm shows "
                    "evidence that the OT term helps or hurts verification accuracy on this task, at these seed counts.")
+    means = {name: [s["paired"][f"{name}/accuracy"][0] for label, s in stats.items()
+                    if label in ARMS and ARMS[label][1] and f"{name}/accuracy" in s["paired"]] for name in SETS}
+    if len(means[SETS[0]]) > 1:
+        out.append(f"- Signs: of the {len(means[SETS[0]])} arms with the OT term, "
+                   + ", ".join(f"{sum(d < 0 for d in ds)} have a lower mean {name.removeprefix('synth_')} accuracy "
+                               "than their baseline" for name, ds in means.items())
+                   + " (not independent tests: the arms share their baselines' runs).")
     if single:
         out.append("- One paired seed so far, so no interval (difference to the baseline, in points): "
                    + "; ".join(single) + ".")
