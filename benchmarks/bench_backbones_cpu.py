@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from otface.allocator import retain_freed_memory
 from otface.models import build_backbone
 
 # (label, registered name, extra constructor arguments), cheapest last
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[112, 56])
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
+    retain_freed_memory()  # as otface commands do; OTFACE_KEEP_FREED_MEMORY=0 times glibc's default
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

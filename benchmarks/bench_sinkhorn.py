@@ -35,6 +35,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from otface.allocator import retain_freed_memory
 from otface.normalize import inverse_norm
 from otface.ot import cosine_cost, cosine_sinkhorn, sinkhorn
 
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    retain_freed_memory()  # as otface commands do; OTFACE_KEEP_FREED_MEMORY=0 times glibc's default
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -37,6 +37,7 @@ import torch
 from bench_sinkhorn import backward_of, geomloss_cosine, kl_shift, timed
 from sinkhorn_accuracy import batch_pairs
 
+from otface.allocator import retain_freed_memory
 from otface.data.transforms import network_input
 from otface.eval.model import backbone_from_checkpoint
 from otface.ot import cosine_cost, cosine_sinkhorn
@@ -138,6 +139,7 @@ def main() -> None:
     parser.add_argument("--no-pot", action="store_true", help="skip POT")
     parser.add_argument("--no-geomloss", action="store_true", help="skip geomloss")
     args = parser.parse_args()
+    retain_freed_memory()  # as otface commands do; OTFACE_KEEP_FREED_MEMORY=0 times glibc's default
     torch.set_num_threads(args.threads)
     eps = args.eps
     model, cfg = backbone_from_checkpoint(args.checkpoint)

@@ -52,6 +52,7 @@ from typing import Any
 
 import torch
 
+from otface.allocator import retain_freed_memory
 from otface.config import Config, load_config
 from otface.errors import ConfigError
 from otface.heads.partial_fc import PartialFC
@@ -146,6 +147,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, help="classes of the head (default: the data set's identities)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    retain_freed_memory()  # as otface commands do; OTFACE_KEEP_FREED_MEMORY=0 times glibc's default
 
     base = load_config(None, args.overrides)
     if base.ot.weight == 0:

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from otface.allocator import retain_freed_memory
 from otface.config import Config, config_from_dict, describe, load_config
 from otface.errors import ConfigError, InputNotFoundError, ModelFileError, OtfaceError, RunError, one_line
 from otface.files import write_text_atomic
@@ -450,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
+        retain_freed_memory()  # large tensors reused without page faults (otface.allocator)
         return args.func(args)
     except OtfaceError as err:
         print(f"{_process_prefix()}otface: error: {one_line(str(err))}", file=sys.stderr)
