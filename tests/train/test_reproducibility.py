@@ -1,7 +1,9 @@
-"""Same config and seed, same run: twice uninterrupted, and once killed with kill -9 mid-epoch and
-resumed -- with the default random flips, loader worker and CPU threads."""
+"""Same config and seed, same run: twice uninterrupted (once with freed memory kept, once with
+glibc's default allocator: otface.allocator), and once killed with kill -9 mid-epoch and resumed --
+with the default random flips, loader worker and CPU threads."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -17,10 +19,10 @@ ARGS = [
 ]  # 9 steps per epoch; data.flip, data.num_workers and train.threads keep their defaults
 
 
-def _train(out, cache, *extra):
+def _train(out, cache, *extra, env=None):
     return subprocess.Popen([sys.executable, "-m", "otface.cli", "train", "--out", str(out), *ARGS,
                              f"data.synthetic.cache_dir={cache}", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def _figures(out):
@@ -33,7 +35,7 @@ def _figures(out):
 def test_same_seed_same_run_interrupted_or_not(tmp_path):
     cache = tmp_path / "cache"
     finished(_train(tmp_path / "a", cache))  # also generates the data, so the runs below only train
-    finished(_train(tmp_path / "b", cache))
+    finished(_train(tmp_path / "b", cache, env={**os.environ, "OTFACE_KEEP_FREED_MEMORY": "0"}))
     killed = _train(tmp_path / "c", cache)
     kill_at_step(killed, tmp_path / "c" / "train.log", 3)
     state = torch.load(tmp_path / "c" / "last.pt", weights_only=True)["train_state"]
