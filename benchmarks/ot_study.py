@@ -337,6 +337,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, name: str, title: str) -> None:
+    """The figure, titled, as docs/images/<name>."""
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    fig.savefig(IMAGES / name, dpi=110)
+    plt.close(fig)
+
+
 def plot(runs: list[dict[str, Any]]) -> bool:
     """Per seed, the main arms' accuracy and TAR on both protocols, lines joining a seed's pair, as
     docs/images/MAIN_PLOT; False (nothing written) without runs of the main arms."""
@@ -358,11 +367,7 @@ def plot(runs: list[dict[str, Any]]) -> bool:
         ax.set_xticks(range(len(main)), main)
         ax.set_xlim(-0.4, len(main) - 0.6)
         ax.set_title(f"{name}: {METRICS[metric]}", fontsize=9)
-    fig.suptitle("ArcFace alone and with the OT term, one line per seed", fontsize=10)
-    fig.tight_layout()
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    fig.savefig(IMAGES / MAIN_PLOT, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, MAIN_PLOT, "ArcFace alone and with the OT term, one line per seed")
     return True
 
 
@@ -388,11 +393,7 @@ def plot_differences(stats: dict[str, dict[str, Any]]) -> bool:
         ax.set_title(f"{name}: accuracy, arm - baseline (points)", fontsize=9)
     axes[0].set_yticks(range(len(labels)), [f"{label} - {ARMS[label][1]}" for label in labels], fontsize=8)
     axes[0].invert_yaxis()
-    fig.suptitle("Paired by seed; bars: 95 % t interval; open dot: one seed, no interval", fontsize=9)
-    fig.tight_layout()
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    fig.savefig(IMAGES / DIFFERENCES_PLOT, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, DIFFERENCES_PLOT, "Paired by seed; bars: 95 % t interval; open dot: one seed, no interval")
     return True
 
 
