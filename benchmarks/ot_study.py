@@ -228,10 +228,13 @@ def write_report(data: dict[str, Any]) -> None:
     ]
     quiet = [r["train_seconds"] for r in runs if not r.get("shared")]
     if quiet and whole:
-        planned = sum(MAIN_SEEDS if g == "main" else ABLATION_SEEDS for _, _, g in ARMS.values())
+        wanted = {label: MAIN_SEEDS if g == "main" else ABLATION_SEEDS for label, (_, _, g) in ARMS.items()}
+        planned = sum(wanted.values())
+        missing = sum(max(0, want - len(stats.get(label, {}).get("seeds", []))) for label, want in wanted.items())
         hours = planned * np.mean(quiet) * np.mean(whole) / 3600
         lines += [f"The whole study as planned ({MAIN_SEEDS} seeds per main arm, {ABLATION_SEEDS} per ablation arm: "
-                  f"{planned} runs) costs about {hours:.1f} hours of this machine, one run at a time (the mean "
+                  f"{planned} runs) " + ("is complete; it " if not missing else f"has {missing} runs to go; it ")
+                  + f"costs about {hours:.1f} hours of this machine, one run at a time (the mean "
                   f"unshared training time, {np.mean(quiet):.0f} s, times that ratio).", ""]
     for group in dict.fromkeys(g for _, _, g in ARMS.values()):
         labels = [label for label, (_, _, g) in ARMS.items() if g == group and label in stats]

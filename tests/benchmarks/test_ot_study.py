@@ -81,3 +81,13 @@ def test_findings_count_the_arms_below_their_baseline():
     # arcface+ot: easy +0.30, hard +0.40 on average; ot weight 10: easy -0.50, hard +0.50
     assert ("of the 2 arms with the OT term, 1 have a lower mean easy accuracy than their baseline, "
             "0 have a lower mean hard accuracy") in said
+
+
+def test_the_report_says_how_many_planned_runs_are_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(ot_study, "DOC", tmp_path / "experiments.md")
+    monkeypatch.setattr(ot_study, "IMAGES", tmp_path)
+    data = {"runs": [{**r, "run_seconds": 1.3 * r["train_seconds"], "machine": "test"} for r in runs()]}
+    ot_study.write_report(data)
+    # 4 of 5 seeds in both main arms, none in the 11 ablation arms (3 seeds each): 2 + 33
+    assert "43 runs) has 35 runs to go" in ot_study.DOC.read_text()
+    assert (tmp_path / ot_study.DIFFERENCES_PLOT).is_file() and (tmp_path / ot_study.MAIN_PLOT).is_file()
