@@ -12,9 +12,9 @@ changes. This is what the jemalloc / tcmalloc advice of PyTorch's CPU performanc
 without a preloaded library.
 
 Measured (benchmarks/RESULTS.md, 2-core CPU): on 64 pairs of layer1 maps (784 points), one Sinkhorn
-iteration forward + backward 190 -> 100-120 ms (78,000 page faults per call -> 470), to tau = 1e-3
-565 -> 490 ms; the default training step about 1.1x more images per second (within this machine's
-noise); smaller maps gain nothing measurable.
+iteration forward + backward 180-204 -> 105-112 ms (78,000 page faults per call -> 470), to
+tau = 1e-3 459-460 -> 373-425 ms; the default training step 1.14x more images per second with the
+OT term and without (medians of three alternating runs); smaller maps gain nothing measurable.
 
 ``otface`` commands call it at start, unless ``OTFACE_KEEP_FREED_MEMORY=0`` (glibc's default
 behaviour; ``1``, the default, keeps it). It does nothing off glibc, or where the user has set
