@@ -35,7 +35,8 @@ print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSA
 
 
 def probe(mode: str, **env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if k not in (*allocator.USER_SETTINGS, allocator.SWITCH)}
+    clean = {k: v for k, v in os.environ.items() if k != allocator.SWITCH and k != "LD_PRELOAD"
+             and not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     out = subprocess.run([sys.executable, "-c", PROBE, mode], env={**clean, **env}, capture_output=True, text=True,
                          timeout=300, check=True)
     return json.loads(out.stdout)
@@ -50,10 +51,16 @@ def test_kept_memory_is_reused_without_page_faults():
     assert switched_off["faults"] >= default["faults"] / 2
 
 
-@pytest.mark.parametrize("name", allocator.USER_SETTINGS)
-def test_the_users_own_malloc_settings_stand(name, monkeypatch):
-    monkeypatch.setenv(name, "131072")
+@pytest.mark.parametrize("name, value", [("MALLOC_TRIM_THRESHOLD_", "131072"), ("MALLOC_MMAP_MAX_", "0"),
+                                         ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=65536"),
+                                         ("LD_PRELOAD", "/usr/lib/libjemalloc.so.2")])
+def test_the_users_own_malloc_settings_stand(name, value, monkeypatch):
+    monkeypatch.setenv(name, value)
     assert allocator.retain_freed_memory() is False
+
+
+def test_unrelated_tunables_do_not_count_as_malloc_settings():
+    assert not allocator.users_malloc({"GLIBC_TUNABLES": "glibc.pthread.rseq=0", "LD_PRELOAD": "libfoo.so"})
 
 
 def test_the_switch_must_be_0_or_1(monkeypatch, capsys):
