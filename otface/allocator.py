@@ -10,8 +10,8 @@ thresholds: allocations up to MMAP_THRESHOLD (older glibc refuses more than 32 M
 from the main thread's heap, and freed memory stays there for the next step. Other threads'
 arenas are heaps of at most 64 MiB, so their larger tensors are still fresh mappings. The process
 keeps its peak memory instead of returning it to the system, and so does each DataLoader worker
-it forks; no result changes. This is what the jemalloc / tcmalloc advice of PyTorch's CPU performance guides buys,
-without a preloaded library.
+it forks; no result changes. This is what the jemalloc / tcmalloc advice of PyTorch's CPU
+performance guides buys, without a preloaded library.
 
 Measured (benchmarks/RESULTS.md, 2-core CPU): on 64 pairs of layer1 maps (784 points), one Sinkhorn
 iteration forward + backward 180-204 -> 105-112 ms (78,000 page faults per call -> 470), to

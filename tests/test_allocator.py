@@ -4,7 +4,6 @@ again costs (almost) no new page faults, where glibc's default costs one per pag
 glibc settings leave glibc as it is."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import pytest
 import otface.cli
 from otface import allocator
 from otface.errors import ConfigError
+from support.runs import allocator_env
 
 PROBE = """
 import json, resource, sys
@@ -34,17 +34,15 @@ print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSA
 """
 
 
-def probe(mode: str, **env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if k != allocator.SWITCH and k != "LD_PRELOAD"
-             and not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], env={**clean, **env}, capture_output=True, text=True,
-                         timeout=300, check=True)
+def probe(mode: str, switch: str = "1") -> dict:
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], env=allocator_env(switch), capture_output=True,
+                         text=True, timeout=300, check=True)
     return json.loads(out.stdout)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_kept_memory_is_reused_without_page_faults():
-    default, kept, switched_off = probe("default"), probe("keep"), probe("keep", OTFACE_KEEP_FREED_MEMORY="0")
+    default, kept, switched_off = probe("default"), probe("keep"), probe("keep", switch="0")
     assert kept["applied"] is True and switched_off["applied"] is False
     assert default["faults"] >= 10 * 40  # one per page (4 KiB: 20480 per step; 2 MiB huge pages: 40)
     assert kept["faults"] <= default["faults"] / 100

@@ -6,6 +6,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from otface import allocator
+
 TINY = [
     "data.synthetic.num_identities=12",
     "data.synthetic.images_per_identity=6",
@@ -24,6 +26,13 @@ TINY = [
     "train.log_interval=1",
     "train.threads=1",
 ]
+
+
+def allocator_env(switch: str) -> dict[str, str]:
+    """This process's environment with OTFACE_KEEP_FREED_MEMORY = ``switch`` and none of the
+    variables by which a user chooses the allocator (otface.allocator.users_malloc)."""
+    kept = {k: v for k, v in os.environ.items() if not allocator.users_malloc({k: v})}
+    return {**kept, allocator.SWITCH: switch}
 
 
 def finished(proc: subprocess.Popen) -> None:

@@ -3,13 +3,12 @@ glibc's default allocator: otface.allocator), and once killed with kill -9 mid-e
 with the default random flips, loader worker and CPU threads."""
 
 import json
-import os
 import subprocess
 import sys
 
 import torch
 
-from support.runs import finished, kill_at_step
+from support.runs import allocator_env, finished, kill_at_step
 
 ARGS = [
     "data.synthetic.num_identities=12", "data.synthetic.images_per_identity=12", "data.synthetic.num_pairs=40",
@@ -34,8 +33,8 @@ def _figures(out):
 
 def test_same_seed_same_run_interrupted_or_not(tmp_path):
     cache = tmp_path / "cache"
-    finished(_train(tmp_path / "a", cache))  # also generates the data, so the runs below only train
-    finished(_train(tmp_path / "b", cache, env={**os.environ, "OTFACE_KEEP_FREED_MEMORY": "0"}))
+    finished(_train(tmp_path / "a", cache, env=allocator_env("1")))  # also generates the data: the rest only train
+    finished(_train(tmp_path / "b", cache, env=allocator_env("0")))
     killed = _train(tmp_path / "c", cache)
     kill_at_step(killed, tmp_path / "c" / "train.log", 3)
     state = torch.load(tmp_path / "c" / "last.pt", weights_only=True)["train_state"]
