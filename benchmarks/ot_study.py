@@ -216,9 +216,10 @@ def write_report(data: dict[str, Any]) -> None:
         "with its 95 % t interval, in points. s / run: training time, over the runs that had the machine",
         "to themselves (runs marked `shared` in the JSON ran two at a time, one thread each). No TAR at FAR",
         f"1e-4: the thresholds come from {PROTOCOL_PAIRS // 2 * 9 // 10} impostor pairs (nine folds), so FAR 1e-4 "
-        "would rest on a fraction of one pair.",
-        "`python benchmarks/ot_study.py --arms '<arm>' --seeds <seed> --force` reruns any row's run (the JSON keeps "
-        "its config, so the same commit gives the same figures on a CPU).",
+        "would rest on a fraction of one pair, and each fold's threshold at FAR 1e-3 on about "
+        f"{PROTOCOL_PAIRS // 2 * 9 // 10 / 1000:.0f} of them.",
+        "`python benchmarks/ot_study.py --arms '<arm>' --seeds <seed> --force` reruns any row's run: the JSON keeps "
+        "its config, and at the row's commit and thread count (`threads`) a CPU gives the same figures.",
         "",
         f"Cost so far: {len(runs)} runs, {wall:.1f} hours of training wall time, {core:.1f} core-hours, on "
         f"{', '.join(sorted({r['machine'] for r in runs})) or 'no machine yet'}"
@@ -234,8 +235,8 @@ def write_report(data: dict[str, Any]) -> None:
         hours = planned * np.mean(quiet) * np.mean(whole) / 3600
         lines += [f"The whole study as planned ({MAIN_SEEDS} seeds per main arm, {ABLATION_SEEDS} per ablation arm: "
                   f"{planned} runs) " + ("is complete; it " if not missing else f"has {missing} runs to go; it ")
-                  + f"costs about {hours:.1f} hours of this machine, one run at a time (the mean "
-                  f"unshared training time, {np.mean(quiet):.0f} s, times that ratio).", ""]
+                  + f"costs about {hours:.1f} hours of this machine, one run at a time: an estimate, the mean "
+                  f"training time of the {len(quiet)} unshared runs, {np.mean(quiet):.0f} s, times that ratio.", ""]
     for group in dict.fromkeys(g for _, _, g in ARMS.values()):
         labels = [label for label, (_, _, g) in ARMS.items() if g == group and label in stats]
         if not labels:
@@ -274,6 +275,12 @@ def write_report(data: dict[str, Any]) -> None:
     DOC.write_text("\n".join(lines) + "\n")
 
 
+def below(differences: list[float]) -> str:
+    """'k has' / 'k have': how many of the mean differences are negative."""
+    k = sum(d < 0 for d in differences)
+    return f"{k} {'has' if k == 1 else 'have'}"
+
+
 def findings(stats: dict[str, dict[str, Any]]) -> list[str]:
     """What the JSON shows, in sentences generated from its figures: per arm with a baseline, the
     paired accuracy differences and whether their intervals exclude 0; the OT term's time cost."""
@@ -306,7 +313,7 @@ def findings(stats: dict[str, dict[str, Any]]) -> list[str]:
                     if label in ARMS and ARMS[label][1] and f"{name}/accuracy" in s["paired"]] for name in SETS}
     if len(means[SETS[0]]) > 1:
         out.append(f"- Signs: of the {len(means[SETS[0]])} arms with the OT term, "
-                   + ", ".join(f"{sum(d < 0 for d in ds)} have a lower mean {name.removeprefix('synth_')} accuracy "
+                   + ", ".join(f"{below(ds)} a lower mean {name.removeprefix('synth_')} accuracy "
                                "than their baseline" for name, ds in means.items())
                    + " (not independent tests: the arms share their baselines' runs).")
     if single:

@@ -4,6 +4,7 @@ again costs (almost) no new page faults, where glibc's default costs one per pag
 glibc settings leave glibc as it is."""
 
 import json
+import platform
 import subprocess
 import sys
 
@@ -40,11 +41,14 @@ def probe(mode: str, switch: str = "1") -> dict:
     return json.loads(out.stdout)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's malloc")
 def test_kept_memory_is_reused_without_page_faults():
     default, kept, switched_off = probe("default"), probe("keep"), probe("keep", switch="0")
     assert kept["applied"] is True and switched_off["applied"] is False
-    assert default["faults"] >= 10 * 40  # one per page (4 KiB: 20480 per step; 2 MiB huge pages: 40)
+    # one per page: 4 KiB pages 20480 per step; with transparent huge pages always on, up to 40 of
+    # 2 MiB (fewer where a mapping's ends are not aligned to one), so at least one per 4 MiB
+    assert default["faults"] >= 10 * (64 + 16) // 4  # 10 steps of 64 + 16 MiB
     assert kept["faults"] <= default["faults"] / 100
     assert switched_off["faults"] >= default["faults"] / 2
 

@@ -79,7 +79,7 @@ def test_the_plots_are_written_only_from_paired_runs(tmp_path, monkeypatch):
 def test_findings_count_the_arms_below_their_baseline():
     said = "\n".join(ot_study.findings(ot_study.summarise(runs() + [run("ot weight 10", 0, 96.5, 85.5)])))
     # arcface+ot: easy +0.30, hard +0.40 on average; ot weight 10: easy -0.50, hard +0.50
-    assert ("of the 2 arms with the OT term, 1 have a lower mean easy accuracy than their baseline, "
+    assert ("of the 2 arms with the OT term, 1 has a lower mean easy accuracy than their baseline, "
             "0 have a lower mean hard accuracy") in said
 
 
