@@ -128,28 +128,32 @@ def log_shift(f: Tensor, step: Tensor) -> Tensor:
     return f + step
 
 
-def newton_step(plan: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """One Newton step on the entropic dual (Eq. 5) at the plan (P, n, m), uniform marginals a = 1/n,
-    b = 1/m: (df (P, n), dg (P, m), solved (P,) bool), steps of the log scalings (f / eps, g / eps).
+def marginals(plan: Tensor) -> tuple[Tensor, Tensor]:
+    """Row and column sums r = P 1 (P, n) and c = P^T 1 (P, m) of plans (P, n, m)."""
+    return plan.sum(2), plan.sum(1)
+
+
+def marginal_error(rows: Tensor, cols: Tensor) -> Tensor:
+    """sum_i |r_i - 1/n| + sum_j |c_j - 1/m| from a plan's :func:`marginals`: (P,)."""
+    return (rows - 1.0 / rows.shape[1]).abs().sum(1) + (cols - 1.0 / cols.shape[1]).abs().sum(1)
+
+
+def newton_step(plan: Tensor, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One Newton step on the entropic dual (Eq. 5) at the plan (P, n, m) with its :func:`marginals`
+    rows (P, n), cols (P, m), uniform marginals a = 1/n, b = 1/m: (df (P, n), dg (P, m), solved (P,)
+    bool), steps of the log scalings (f / eps, g / eps).
 
     With r = P 1, c = P^T 1 the step solves [[diag r, P], [P^T, diag c]] (df, dg) = (a - r, b - c);
     eliminating df leaves (diag c - P^T diag(1/r) P) dg = b - c - P^T ((a - r) / r), singular only
     along dg = 1 (the gauge), which adding 1 1^T / m fixes; then df = (a - r - P dg) / r.
     """
     n, m = plan.shape[1], plan.shape[2]
-    rows, cols = plan.sum(2), plan.sum(1)
     scaled = plan / rows.unsqueeze(2)  # diag(1/r) P
     schur = torch.diag_embed(cols) - torch.bmm(plan.transpose(1, 2), scaled) + 1.0 / m
     rhs = (1.0 / m - cols) - torch.bmm(scaled.transpose(1, 2), (1.0 / n - rows).unsqueeze(2)).squeeze(2)
     dg, info = torch.linalg.solve_ex(schur, rhs)
     df = ((1.0 / n - rows) - torch.bmm(plan, dg.unsqueeze(2)).squeeze(2)) / rows
     return df, dg, info == 0
-
-
-def marginal_error(plan: Tensor) -> Tensor:
-    """sum_i |r_i - 1/n| + sum_j |c_j - 1/m| of plans (P, n, m): (P,)."""
-    n, m = plan.shape[1], plan.shape[2]
-    return (plan.sum(2) - 1.0 / n).abs().sum(1) + (plan.sum(1) - 1.0 / m).abs().sum(1)
 
 
 def _plain(old: Tensor, new: Tensor, omega: Tensor) -> Tensor:
@@ -175,10 +179,10 @@ def iterate(steps: Steps, data: tuple[Tensor, ...], f: Tensor, g: Tensor, spread
         steps = steps._replace(relax=_plain, balance=_as_is)
     if f.shape[0] == 0:
         return f, g, iters
-    return _iterate_to_tol(steps, data, f, g, spread, iters, tol, weight)
+    return _run_iterations(steps, data, f, g, spread, iters, tol, weight)
 
 
-def _iterate_to_tol(steps: Steps, data: tuple[Tensor, ...], f: Tensor, g: Tensor, spread: Tensor | None,
+def _run_iterations(steps: Steps, data: tuple[Tensor, ...], f: Tensor, g: Tensor, spread: Tensor | None,
                     iters: int, tol: float | None, weight: Tensor) -> tuple[Tensor, Tensor, int]:
     """:func:`iterate`'s loop: with ``tol``, checks every CHECK_EVERY iterations, and a problem's
     potentials are those of the first check that finds it within tol, whatever the rest of the
@@ -256,17 +260,20 @@ def _newton_where_worth(steps: Steps, data: tuple[Tensor, ...], f: Tensor, g: Te
     sub = tuple(d.index_select(0, rows) for d in data)
     f_sub, g_sub = f.index_select(0, rows), g.index_select(0, rows)
     plan = steps.plan(sub, f_sub, g_sub)
-    error = marginal_error(plan)
+    sums = marginals(plan)
+    error = marginal_error(*sums)
     ok = torch.ones_like(rows, dtype=torch.bool)
     for _ in range(NEWTON_STEPS):
-        df, dg, solved = newton_step(plan)
+        df, dg, solved = newton_step(plan, *sums)
         f_new, g_new = steps.balance(steps.shift(f_sub, df), steps.shift(g_sub, dg))
         plan_new = steps.plan(sub, f_new, g_new)
-        error_new = marginal_error(plan_new)
+        sums_new = marginals(plan_new)
+        error_new = marginal_error(*sums_new)
         better = ok & solved & (error_new < error)  # NaN: False
         ok = better
         f_sub, g_sub = torch.where(better[:, None], f_new, f_sub), torch.where(better[:, None], g_new, g_sub)
         plan, error = torch.where(better[:, None, None], plan_new, plan), torch.where(better, error_new, error)
+        sums = tuple(torch.where(better[:, None], new, old) for new, old in zip(sums_new, sums))
         if not bool(better.any()):
             break
     return f.index_copy(0, rows, f_sub), g.index_copy(0, rows, g_sub), newton_ok.index_copy(0, rows, ok)
