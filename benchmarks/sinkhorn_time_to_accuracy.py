@@ -54,9 +54,10 @@ CURVE_ITERS = (10, 20, 50, 100, 200, 400)
 
 
 GEOMLOSS_SCALINGS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)  # its annealing ratios, fastest first
-# POT's log-domain batch keeps several (P, n, m) tensors: 64 pairs of 28 x 28 maps at once exhaust 24 GiB, 8 fit.
-# Each call gets as many pairs as keep P n m within that, all of them from 14 x 14 maps down: its time per
-# iteration is per-call overhead at 7 x 7 and 4 x 4, so smaller calls would charge it several times over.
+# Under its envelope gradient POT's autograd records every iteration's (P, n, m) tensors: 64 pairs of 28 x 28
+# maps at once exhausted 24 GiB, 8 fit (up to 900 iterations tried). Each call gets as many pairs as keep P n m
+# within that: all 64 in one call from 14 x 14 maps down. On 7 x 7 and 4 x 4 maps its time per iteration is
+# mostly per-call overhead, so smaller calls would charge that several times over.
 POT_CHUNK_ELEMENTS = 8 * 784 * 784
 
 

@@ -46,9 +46,10 @@ def probe(mode: str, switch: str = "1") -> dict:
 def test_kept_memory_is_reused_without_page_faults():
     default, kept, switched_off = probe("default"), probe("keep"), probe("keep", switch="0")
     assert kept["applied"] is True and switched_off["applied"] is False
-    # one per page: 4 KiB pages 20480 per step; with transparent huge pages always on, up to 40 of
-    # 2 MiB (fewer where a mapping's ends are not aligned to one), so at least one per 4 MiB
-    assert default["faults"] >= 10 * (64 + 16) // 4  # 10 steps of 64 + 16 MiB
+    # One fault per page of x: once a 16 MiB y has been freed, glibc's dynamic mmap threshold serves
+    # the next from the heap, so x alone faults: 16384 per step in 4 KiB pages, 32 in 2 MiB huge
+    # pages (transparent huge pages always on). At least one per 4 MiB of x over the 10 steps:
+    assert default["faults"] >= 10 * 64 // 4
     assert kept["faults"] <= default["faults"] / 100
     assert switched_off["faults"] >= default["faults"] / 2
 
