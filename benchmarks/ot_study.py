@@ -204,6 +204,7 @@ def write_report(data: dict[str, Any]) -> None:
     wall = sum(r["train_seconds"] for r in runs) / 3600
     core = sum(r["train_seconds"] * r.get("threads", 2) for r in runs) / 3600  # the runs before "threads": 2
     whole = [r["run_seconds"] / r["train_seconds"] for r in runs if "run_seconds" in r]
+    impostors = PROTOCOL_PAIRS // 2 * 9 // 10  # the impostor pairs of nine folds, which set a fold's threshold
     lines = [
         "# Experiments: does the OT term help?",
         "",
@@ -215,9 +216,9 @@ def write_report(data: dict[str, Any]) -> None:
         "of the ROC. Mean ± std over seeds; Δ: the paired difference to the arm's baseline (same seeds)",
         "with its 95 % t interval, in points. s / run: training time, over the runs that had the machine",
         "to themselves (runs marked `shared` in the JSON ran two at a time, one thread each). No TAR at FAR",
-        f"1e-4: the thresholds come from {PROTOCOL_PAIRS // 2 * 9 // 10} impostor pairs (nine folds), so FAR 1e-4 "
+        f"1e-4: the thresholds come from {impostors} impostor pairs (nine folds), so FAR 1e-4 "
         "would rest on a fraction of one pair, and each fold's threshold at FAR 1e-3 on about "
-        f"{PROTOCOL_PAIRS // 2 * 9 // 10 / 1000:.0f} of them.",
+        f"{impostors / 1000:.0f} of them.",
         "`python benchmarks/ot_study.py --arms '<arm>' --seeds <seed> --force` reruns any row's run: the JSON keeps "
         "its config, and at the row's commit and thread count (`threads`) a CPU gives the same figures.",
         "",
