@@ -2,7 +2,8 @@
 
     python benchmarks/sinkhorn_time_to_accuracy.py runs/<run>/last.pt [--pairs 64] [--eps 0.05]
         [--threads 2] [--repeats 3] [--plot benchmarks/sinkhorn_time_to_accuracy.png]
-        [--stages layer1 ...] [--device cuda] [--project-channels 128] [--fused] [--no-pot] [--no-geomloss]
+        [--stages layer1 ...] [--device cuda] [--project-channels 128] [--input-size 112] [--fused]
+        [--no-pot] [--no-geomloss]
 
 For every stage of the trained backbone, distinct image pairs of a P x K batch of its training set
 (as the OT loss sees them; see benchmarks/sinkhorn_accuracy.py), and tau = 1e-3, 1e-4 (the largest
@@ -141,6 +142,9 @@ def main() -> None:
     parser.add_argument("--project-channels", type=int, default=0, metavar="C",
                         help="map the points to C channels by a fixed Gaussian matrix (cosines kept in "
                              "expectation): the trained maps as a stand-in for wider ones")
+    parser.add_argument("--input-size", type=int, default=0, metavar="S",
+                        help="run the stages on S px inputs (default: the model's own side): larger maps "
+                             "from the same trained filters, e.g. 56 x 56 layer1 maps from a 56 px model at 112")
     parser.add_argument("--fused", action="store_true", help="also time fused_cosine_sinkhorn (for CUDA)")
     parser.add_argument("--no-pot", action="store_true", help="skip POT")
     parser.add_argument("--no-geomloss", action="store_true", help="skip geomloss")
@@ -151,12 +155,14 @@ def main() -> None:
     model, cfg = backbone_from_checkpoint(args.checkpoint)
     root, _ = prepare_data(cfg.data, progress=False)
     images, a, b = batch_pairs(open_training_set(root, cfg.data), args.pairs)
+    side = args.input_size or cfg.model.input_size
     with torch.no_grad():
-        _, maps = model.forward_features(network_input(images, cfg.model.input_size), list(model.stage_names))
+        _, maps = model.forward_stages(network_input(images, side), list(model.stage_names))
     pot = None if args.no_pot else pot_solver(eps)
     geo = None if args.no_geomloss else geomloss_solver(eps)
     device = torch.device(args.device)
-    print(f"{args.checkpoint}: {cfg.model.backbone} {cfg.model.params} at {cfg.model.input_size} px; "
+    print(f"{args.checkpoint}: {cfg.model.backbone} {cfg.model.params} trained at {cfg.model.input_size} px, "
+          f"run at {side} px; "
           f"{args.pairs} pairs, eps {eps:g}, {torch.get_num_threads()} threads, torch {torch.__version__}"
           + ("" if pot else "; POT skipped" + ("" if args.no_pot else ": not installed (pip install pot)"))
           + ("" if geo else "; geomloss skipped"

@@ -78,8 +78,27 @@ class Backbone(nn.Module, ABC):
         Raises:
             ValueError: for an unknown stage name, or an input of the wrong shape.
         """
-        wanted = self._check_stages(stages)
         self._check_input(x)
+        x, maps = self.forward_stages(x, stages)
+        return self.forward_head(x), maps
+
+    def forward_stages(
+        self, x: Tensor, stages: Sequence[str] | str
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The stem and the stages, without the head: any square side, not only :attr:`input_size`.
+
+        Args:
+            x: ``(N, 3, S', S')`` float images, S' any side the stages accept
+                (:meth:`stage_shapes` gives their outputs' shapes).
+            stages: stage names (or one name), each one of :attr:`stage_names`.
+
+        Returns:
+            ``(last stage output, {name: feature map (N, C, h, w)})``, the dict in the order asked.
+
+        Raises:
+            ValueError: for an unknown stage name.
+        """
+        wanted = self._check_stages(stages)
         maps: dict[str, Tensor] = {}
         x = self.forward_stem(x)
         for name, blocks in self.stage_blocks():
@@ -87,7 +106,7 @@ class Backbone(nn.Module, ABC):
                 x = block(x)
             if name in wanted:
                 maps[name] = x
-        return self.forward_head(x), {name: maps[name] for name in wanted}
+        return x, {name: maps[name] for name in wanted}
 
     def stage_shapes(self, input_size: int | None = None) -> dict[str, tuple[int, int, int]]:
         """``{stage name: (C, h, w)}`` for a square input of side ``input_size``.

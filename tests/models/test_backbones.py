@@ -263,6 +263,22 @@ def test_forward_features_order_single_name_and_gradients() -> None:
 
 
 @pytest.mark.parametrize("name", ["iresnet18", "mbf"])
+def test_forward_stages_takes_other_sides_and_matches_forward_features(name: str) -> None:
+    model = build_backbone(name, input_size=56).eval()
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        _, maps = model.forward_features(x, model.stage_names)
+        last, same = model.forward_stages(x, model.stage_names)
+        _, larger = model.forward_stages(torch.randn(2, 3, 112, 112), model.stage_names)
+    for stage in model.stage_names:
+        torch.testing.assert_close(same[stage], maps[stage], rtol=0, atol=0)
+    torch.testing.assert_close(last, maps[model.stage_names[-1]], rtol=0, atol=0)
+    assert _shapes(larger) == model.stage_shapes(112) != model.stage_shapes()
+    with pytest.raises(ValueError, match="layer9"):
+        model.forward_stages(x, ["layer9"])
+
+
+@pytest.mark.parametrize("name", ["iresnet18", "mbf"])
 def test_unknown_stage_is_a_clear_error(name: str) -> None:
     with torch.device("meta"):
         model = build_backbone(name)
