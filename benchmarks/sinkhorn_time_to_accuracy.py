@@ -11,11 +11,12 @@ relative error of the value <P, C> over the pairs, against the float64 solution 
 
 - ours: cosine_sinkhorn with the accuracy contract, tol = tau, omega = 1.6 (what OTLoss runs);
 - plain: today's solver before the contract, omega = 1 and the fewest fixed iterations (a multiple
-  of 10, found by search against the reference: an oracle no user has) that reach tau;
+  of 10, found by search against the reference: an oracle no user has) that reach tau; where even CAP
+  iterations miss tau, its time at CAP, a lower bound (">= ");
 - pot: POT's ot.batch.solve_batch (log_sinkhorn, envelope gradient) on our cost matrices, all pairs in
-  one call where memory allows (8 per call for 28 x 28 maps: POT_CHUNK_ELEMENTS), its own stop disabled
-  (tol = 0), for as many iterations as plain: the same iterates in exact arithmetic (its errors are
-  printed, to check);
+  one call where memory allows (POT_CHUNK_ELEMENTS, POT_RECORDED: 8 per call for 28 x 28 maps up to 240
+  iterations, fewer beyond), its own stop disabled (tol = 0), for as many iterations as plain: the same
+  iterates in exact arithmetic (its errors are printed, to check);
 - geomloss: SamplesLoss("sinkhorn", tensorized), whose iterations are set by its eps-annealing ratio
   ``scaling``: the smallest of GEOMLOSS_SCALINGS that reaches tau. Its value is the KL-regularised
   dual <P, C> + eps KL(P | a x b), so its error is against that quantity converged in float64 (ours
@@ -55,23 +56,29 @@ CURVE_ITERS = (10, 20, 50, 100, 200, 400)
 
 
 GEOMLOSS_SCALINGS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)  # its annealing ratios, fastest first
-# Under its envelope gradient POT's autograd records every iteration's (P, n, m) tensors: 64 pairs of 28 x 28
-# maps at once exhausted 24 GiB, 8 fit (up to 900 iterations tried). Each call gets as many pairs as keep P n m
-# within that: all 64 in one call from 14 x 14 maps down. On 7 x 7 and 4 x 4 maps its time per iteration is
-# mostly per-call overhead, so smaller calls would charge that several times over.
+# Under its envelope gradient POT's autograd records every iteration's (P, n, m) tensors (its iterations run on
+# -M / reg, which requires grad): about 10 bytes per entry and iteration (measured on 1-2 pairs of 784 x 784 at
+# 100-200 iterations), so 8 pairs of 28 x 28 maps fit at up to 360 iterations and 256 pairs at 660 (4 or 8 per
+# call) were killed for memory. Each call gets as many pairs as keep P n m within POT_CHUNK_ELEMENTS and
+# P n m k within POT_RECORDED (about 12 GB recorded): all 64 in one call from 14 x 14 maps down. On 7 x 7 and
+# 4 x 4 maps its time per iteration is mostly per-call overhead, so smaller calls would charge that several
+# times over.
 POT_CHUNK_ELEMENTS = 8 * 784 * 784
+POT_RECORDED = POT_CHUNK_ELEMENTS * 240
 
 
 def pot_solver(eps: float):
     """POT's batched log-domain Sinkhorn with k iterations as fn(k)(x, y), in calls of at most
-    POT_CHUNK_ELEMENTS cost entries, or None when POT is not installed."""
+    POT_CHUNK_ELEMENTS cost entries and POT_RECORDED entries times iterations, or None when POT
+    is not installed."""
     if importlib.util.find_spec("ot") is None or importlib.util.find_spec("ot.batch") is None:
         return None
     from ot.batch import solve_batch
 
     def with_iters(k: int):
         def solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            chunk = max(1, POT_CHUNK_ELEMENTS // (a.shape[1] * b.shape[1]))
+            entries = a.shape[1] * b.shape[1]
+            chunk = max(1, min(POT_CHUNK_ELEMENTS // entries, POT_RECORDED // (entries * k)))
             return torch.cat([solve_batch(cosine_cost(p, q), reg=eps, max_iter=k, tol=0.0, method="log_sinkhorn",
                                           grad="envelope").value_linear
                               for p, q in zip(a.split(chunk), b.split(chunk))])
@@ -200,10 +207,11 @@ def main() -> None:
             if args.fused:
                 rows.append(("ours, fused", its,
                              lambda p, q, tau=tau: fused_cosine_sinkhorn(p, q, eps, CAP, tau, OMEGA), "value"))
-            k = fewest_iters(lambda k: lambda p, q: cosine_sinkhorn(p, q, eps, k), x, y, ref, ref_grad, tau)
-            rows.append(("plain", k, (lambda p, q, k=k: cosine_sinkhorn(p, q, eps, k)) if k else None, "value"))
+            found = fewest_iters(lambda k: lambda p, q: cosine_sinkhorn(p, q, eps, k), x, y, ref, ref_grad, tau)
+            k = found or CAP  # missing tau at CAP: the time at CAP is a lower bound
+            rows.append(("plain", k, lambda p, q, k=k: cosine_sinkhorn(p, q, eps, k), "value"))
             if pot:  # the same plain iterates as ours at omega = 1 (in exact arithmetic), so as many
-                rows.append(("pot", k, pot(k) if k else None, "value"))
+                rows.append(("pot", k, pot(k), "value"))
             if geo:  # its own quantity, against its own converged value
                 scaling = fastest_scaling(geo, x, y, *refs["entropic"], tau)
                 rows.append(("geomloss", f"scaling {scaling}", geo(scaling) if scaling else None, "entropic"))
@@ -215,10 +223,12 @@ def main() -> None:
                 wall, _, _ = timed(backward_of(fn, x, y), args.repeats, device)
                 base = base or wall
                 value_err, grad_err = errors(fn, x, y, *refs[quantity])
-                print(f"| {tau:g} | {name} | {k} | {wall * 1e3:.1f} | {value_err:.1e} | {grad_err:.1e} | "
-                      f"{wall / base:.2f} |")
+                at_least = ">= " if name in ("plain", "pot") and found is None else ""
+                shown = f"> {CAP} (time at {CAP})" if at_least else k
+                print(f"| {tau:g} | {name} | {shown} | {at_least}{wall * 1e3:.1f} | {value_err:.1e} | {grad_err:.1e} | "
+                      f"{at_least}{wall / base:.2f} |")
                 if name == "plain":  # no schedule can take less than one iteration's time
-                    print(f"| {tau:g} | most any schedule can gain on plain | | | | | {wall / floor:.2f} |")
+                    print(f"| {tau:g} | most any schedule can gain on plain | | | | | {at_least}{wall / floor:.2f} |")
         if args.plot:
             series = {"ours (tol)": [lambda p, q, t=t: cosine_sinkhorn(p, q, eps, CAP, t, omega=OMEGA)
                                      for t in CURVE_TOLS],
