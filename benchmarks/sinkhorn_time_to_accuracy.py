@@ -62,23 +62,34 @@ GEOMLOSS_SCALINGS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)  # it
 # call) were killed for memory. Each call gets as many pairs as keep P n m within POT_CHUNK_ELEMENTS and
 # P n m k within POT_RECORDED (about 12 GB recorded): all 64 in one call from 14 x 14 maps down. On 7 x 7 and
 # 4 x 4 maps its time per iteration is mostly per-call overhead, so smaller calls would charge that several
-# times over.
+# times over. Both were set on this 24 GiB machine; a GPU's calls scale with its memory (pot_memory_scale).
 POT_CHUNK_ELEMENTS = 8 * 784 * 784
 POT_RECORDED = POT_CHUNK_ELEMENTS * 240
+POT_MEASURED_ON = 24 * 2**30  # bytes of memory of the machine the two limits were set on
 
 
-def pot_solver(eps: float):
+def pot_memory_scale(device: torch.device) -> float:
+    """How many times POT_MEASURED_ON the memory that POT's calls on ``device`` may fill: a GPU's own
+    memory, 1 on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory / POT_MEASURED_ON
+    return 1.0
+
+
+def pot_solver(eps: float, device: torch.device):
     """POT's batched log-domain Sinkhorn with k iterations as fn(k)(x, y), in calls of at most
-    POT_CHUNK_ELEMENTS cost entries and POT_RECORDED entries times iterations, or None when POT
-    is not installed."""
+    POT_CHUNK_ELEMENTS cost entries and POT_RECORDED entries times iterations (both times
+    :func:`pot_memory_scale`), or None when POT is not installed."""
     if importlib.util.find_spec("ot") is None or importlib.util.find_spec("ot.batch") is None:
         return None
     from ot.batch import solve_batch
 
+    scale = pot_memory_scale(device)
+
     def with_iters(k: int):
         def solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             entries = a.shape[1] * b.shape[1]
-            chunk = max(1, min(POT_CHUNK_ELEMENTS // entries, POT_RECORDED // (entries * k)))
+            chunk = max(1, int(scale * min(POT_CHUNK_ELEMENTS / entries, POT_RECORDED / (entries * k))))
             return torch.cat([solve_batch(cosine_cost(p, q), reg=eps, max_iter=k, tol=0.0, method="log_sinkhorn",
                                           grad="envelope").value_linear
                               for p, q in zip(a.split(chunk), b.split(chunk))])
@@ -165,9 +176,9 @@ def main() -> None:
     side = args.input_size or cfg.model.input_size
     with torch.no_grad():
         _, maps = model.forward_stages(network_input(images, side), list(model.stage_names))
-    pot = None if args.no_pot else pot_solver(eps)
-    geo = None if args.no_geomloss else geomloss_solver(eps)
     device = torch.device(args.device)
+    pot = None if args.no_pot else pot_solver(eps, device)
+    geo = None if args.no_geomloss else geomloss_solver(eps)
     print(f"{args.checkpoint}: {cfg.model.backbone} {cfg.model.params} trained at {cfg.model.input_size} px, "
           f"run at {side} px; "
           f"{args.pairs} pairs, eps {eps:g}, {torch.get_num_threads()} threads, torch {torch.__version__}"
