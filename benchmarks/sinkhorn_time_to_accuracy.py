@@ -58,11 +58,12 @@ CURVE_ITERS = (10, 20, 50, 100, 200, 400)
 GEOMLOSS_SCALINGS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)  # its annealing ratios, fastest first
 # Under its envelope gradient POT's autograd records every iteration's (P, n, m) tensors (its iterations run on
 # -M / reg, which requires grad): about 10 bytes per entry and iteration (measured on 1-2 pairs of 784 x 784 at
-# 100-200 iterations), so 8 pairs of 28 x 28 maps fit at up to 360 iterations and 256 pairs at 660 (4 or 8 per
-# call) were killed for memory. Each call gets as many pairs as keep P n m within POT_CHUNK_ELEMENTS and
+# 100-200 iterations), so 8 pairs of 28 x 28 maps fit at up to 360 iterations and 256 pairs at 660 (8 per call)
+# were killed for memory. Each call gets as many pairs as keep P n m within POT_CHUNK_ELEMENTS and
 # P n m k within POT_RECORDED (about 12 GB recorded): all 64 in one call from 14 x 14 maps down. On 7 x 7 and
 # 4 x 4 maps its time per iteration is mostly per-call overhead, so smaller calls would charge that several
-# times over. Both were set on this 24 GiB machine; a GPU's calls scale with its memory (pot_memory_scale).
+# times over. Both were set on this 24 GiB machine; a GPU's calls scale with its memory (pot_memory_scale). Where
+# one pair alone would record more than POT_RECORDED, POT is not run.
 POT_CHUNK_ELEMENTS = 8 * 784 * 784
 POT_RECORDED = POT_CHUNK_ELEMENTS * 240
 POT_MEASURED_ON = 24 * 2**30  # bytes of memory of the machine the two limits were set on
@@ -77,19 +78,22 @@ def pot_memory_scale(device: torch.device) -> float:
 
 
 def pot_solver(eps: float, device: torch.device):
-    """POT's batched log-domain Sinkhorn with k iterations as fn(k)(x, y), in calls of at most
-    POT_CHUNK_ELEMENTS cost entries and POT_RECORDED entries times iterations (both times
-    :func:`pot_memory_scale`), or None when POT is not installed."""
+    """POT's batched log-domain Sinkhorn as fn(k, entries) -> solve(x, y), k iterations on clouds
+    whose cost has ``entries`` = n m entries per pair, in calls of at most POT_CHUNK_ELEMENTS cost
+    entries and POT_RECORDED entries times iterations (both times :func:`pot_memory_scale`); solve is
+    None where one pair exceeds that. None when POT is not installed."""
     if importlib.util.find_spec("ot") is None or importlib.util.find_spec("ot.batch") is None:
         return None
     from ot.batch import solve_batch
 
     scale = pot_memory_scale(device)
 
-    def with_iters(k: int):
+    def with_iters(k: int, entries: int):
+        chunk = int(scale * min(POT_CHUNK_ELEMENTS / entries, POT_RECORDED / (entries * k)))
+        if chunk < 1:
+            return None
+
         def solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            entries = a.shape[1] * b.shape[1]
-            chunk = max(1, int(scale * min(POT_CHUNK_ELEMENTS / entries, POT_RECORDED / (entries * k))))
             return torch.cat([solve_batch(cosine_cost(p, q), reg=eps, max_iter=k, tol=0.0, method="log_sinkhorn",
                                           grad="envelope").value_linear
                               for p, q in zip(a.split(chunk), b.split(chunk))])
@@ -194,6 +198,7 @@ def main() -> None:
             gen = torch.Generator().manual_seed(0)
             points = points @ torch.randn(points.shape[2], args.project_channels, generator=gen)
         x, y = points[a].contiguous().to(device), points[b].contiguous().to(device)
+        entries = x.shape[1] * y.shape[1]  # cost entries per pair
         xd = x.double().requires_grad_()
         ref = cosine_sinkhorn(xd, y.double(), eps, 20 * CAP, 1e-12, omega=OMEGA)
         (ref_grad,) = torch.autograd.grad(ref.sum(), xd)
@@ -222,20 +227,23 @@ def main() -> None:
             k = found or CAP  # missing tau at CAP: the time at CAP is a lower bound
             rows.append(("plain", k, lambda p, q, k=k: cosine_sinkhorn(p, q, eps, k), "value"))
             if pot:  # the same plain iterates as ours at omega = 1 (in exact arithmetic), so as many
-                rows.append(("pot", k, pot(k), "value"))
+                solve = pot(k, entries) if found else None
+                why = "not run: " + ("one pair exceeds POT_RECORDED" if found else f"plain misses tau at {CAP}")
+                rows.append(("pot", k if solve else why, solve, "value"))
             if geo:  # its own quantity, against its own converged value
                 scaling = fastest_scaling(geo, x, y, *refs["entropic"], tau)
-                rows.append(("geomloss", f"scaling {scaling}", geo(scaling) if scaling else None, "entropic"))
+                rows.append(("geomloss", f"scaling {scaling}" if scaling else "no scaling of GEOMLOSS_SCALINGS",
+                             geo(scaling) if scaling else None, "entropic"))
             base = None
-            for name, k, fn, quantity in rows:
+            for name, shown, fn, quantity in rows:
                 if fn is None:
-                    print(f"| {tau:g} | {name} | > {CAP} | | | | |")
+                    print(f"| {tau:g} | {name} | {shown} | | | | |")
                     continue
                 wall, _, _ = timed(backward_of(fn, x, y), args.repeats, device)
                 base = base or wall
                 value_err, grad_err = errors(fn, x, y, *refs[quantity])
-                at_least = ">= " if name in ("plain", "pot") and found is None else ""
-                shown = f"> {CAP} (time at {CAP})" if at_least else k
+                at_least = ">= " if name == "plain" and found is None else ""
+                shown = f"> {CAP} (time at {CAP})" if at_least else shown
                 print(f"| {tau:g} | {name} | {shown} | {at_least}{wall * 1e3:.1f} | {value_err:.1e} | {grad_err:.1e} | "
                       f"{at_least}{wall / base:.2f} |")
                 if name == "plain":  # no schedule can take less than one iteration's time
@@ -245,7 +253,7 @@ def main() -> None:
                                      for t in CURVE_TOLS],
                       "plain (iterations)": [lambda p, q, k=k: cosine_sinkhorn(p, q, eps, k) for k in CURVE_ITERS]}
             if pot:
-                series["POT (iterations)"] = [pot(k) for k in CURVE_ITERS]
+                series["POT (iterations)"] = [solve for k in CURVE_ITERS if (solve := pot(k, entries))]
             curves[stage] = {name: [(timed(backward_of(fn, x, y), 1, device)[0], errors(fn, x, y, ref, ref_grad)[0])
                                     for fn in fns] for name, fns in series.items()}
     if args.plot:

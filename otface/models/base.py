@@ -6,7 +6,8 @@ to an embedding ``(N, E)``. It is a stem, an ordered list of named *stages* and 
     x -> stem -> stage_1 -> ... -> stage_k -> head -> embedding
 
 :meth:`Backbone.forward_features` returns the embedding together with any of the stage outputs,
-from one forward pass; the OT loss reads its feature maps from there.
+from one forward pass; the OT loss reads its feature maps from there. :meth:`Backbone.forward_stages`
+runs the stem and stages alone, at any input side.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Backbone(nn.Module, ABC):
 
     @abstractmethod
     def forward_stem(self, x: Tensor) -> Tensor:
-        """The layers before the first stage: ``(N, 3, S, S) -> (N, C0, h0, w0)``."""
+        """The layers before the first stage: ``(N, 3, S', S') -> (N, C0, h0, w0)``, any side S'."""
 
     @abstractmethod
     def stage_blocks(self) -> list[tuple[str, Sequence[nn.Module]]]:
@@ -93,7 +94,8 @@ class Backbone(nn.Module, ABC):
             stages: stage names (or one name), each one of :attr:`stage_names`.
 
         Returns:
-            ``(last stage output, {name: feature map (N, C, h, w)})``, the dict in the order asked.
+            ``(last stage output (N, C, h, w), {name: feature map (N, C, h, w)})``, the dict in
+            the order asked.
 
         Raises:
             ValueError: for an unknown stage name.
